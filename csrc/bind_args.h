@@ -1,0 +1,70 @@
+// Turns the keyword arguments Python passes into SZPArgs; shared by the CPU
+// and CUDA modules so both accept exactly the same call.
+#pragma once
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "szp_layout.h"
+
+namespace ws {
+
+namespace py = pybind11;
+
+inline DType dtype_from(const py::handle& h) {
+  const std::string s = py::cast<std::string>(h);
+  if (s == "float32") return DType::F32;
+  if (s == "bfloat16") return DType::BF16;
+  if (s == "float16") return DType::F16;
+  throw std::invalid_argument("unsupported dtype '" + s +
+                              "' (expected float32, bfloat16 or float16)");
+}
+
+inline SZPArgs args_from(const py::dict& kw) {
+  static const char* const known[] = {
+      "out_ptr", "out_nbytes", "out_dtype", "out_shape", "row_start", "row_stop",
+      "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps",
+      "shrink", "noise_scale", "constant", "noise", "seed", "tid"};
+  for (const auto& item : kw) {
+    const std::string key = py::cast<std::string>(item.first);
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    if (!ok) throw std::invalid_argument("unknown argument '" + key + "'");
+  }
+  auto get = [&](const char* k) -> py::object {
+    if (!kw.contains(k)) throw std::invalid_argument(std::string("missing argument '") + k + "'");
+    return kw[k];
+  };
+  SZPArgs a;
+  a.out_ptr = get("out_ptr").cast<uintptr_t>();
+  a.out_nbytes = get("out_nbytes").cast<int64_t>();
+  a.out_dtype = dtype_from(get("out_dtype"));
+  a.out_shape = get("out_shape").cast<std::vector<int64_t>>();
+  a.row_start = get("row_start").cast<int64_t>();
+  a.row_stop = get("row_stop").cast<int64_t>();
+  a.src_ptr = get("src_ptr").cast<uintptr_t>();
+  a.src_nbytes = get("src_nbytes").cast<int64_t>();
+  a.src_dtype = dtype_from(get("src_dtype"));
+  a.src_shape = get("src_shape").cast<std::vector<int64_t>>();
+  a.src_row_start = get("src_row_start").cast<int64_t>();
+  for (const auto& axis : get("maps")) {
+    std::vector<Segment> segs;
+    for (const auto& seg : axis) {
+      const auto t = seg.cast<std::vector<int64_t>>();
+      if (t.size() != 3) throw std::invalid_argument("a segment is (dst, src, length)");
+      segs.push_back({t[0], t[1], t[2]});
+    }
+    a.maps.push_back(std::move(segs));
+  }
+  a.shrink = get("shrink").cast<float>();
+  a.noise_scale = get("noise_scale").cast<float>();
+  a.constant = get("constant").cast<float>();
+  a.noise = get("noise").cast<bool>();
+  a.seed = get("seed").cast<uint64_t>();
+  a.tid = get("tid").cast<uint64_t>();
+  return a;
+}
+
+}  // namespace ws

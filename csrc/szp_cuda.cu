@@ -1,0 +1,180 @@
+// The CUDA path: one fused kernel. Each thread owns 8 consecutive output
+// elements (two Philox blocks), so bf16/fp16 outputs leave in one 16-byte
+// store and float32 in two, where the row range is aligned.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "szp_cuda.h"
+
+namespace ws {
+namespace {
+
+constexpr int kPerThread = 8;
+constexpr int kThreads = 256;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+struct Params {
+  void* out;
+  const void* src;
+  const int64_t* row_src;  // per row from first_row, or kNoRow
+  const int64_t* col_src;  // per column, or -1
+  int64_t begin, end, base, cols, first_row;
+  float shrink, scale, constant;
+  bool noise;
+  uint64_t seed, tid;
+};
+
+template <DType O>
+__device__ __forceinline__ void store8(typename Storage<O>::type* out, const float v[kPerThread]);
+
+template <>
+__device__ __forceinline__ void store8<DType::F32>(uint32_t* out, const float v[kPerThread]) {
+  uint4 lo, hi;
+  lo.x = Storage<DType::F32>::from_f32(v[0]);
+  lo.y = Storage<DType::F32>::from_f32(v[1]);
+  lo.z = Storage<DType::F32>::from_f32(v[2]);
+  lo.w = Storage<DType::F32>::from_f32(v[3]);
+  hi.x = Storage<DType::F32>::from_f32(v[4]);
+  hi.y = Storage<DType::F32>::from_f32(v[5]);
+  hi.z = Storage<DType::F32>::from_f32(v[6]);
+  hi.w = Storage<DType::F32>::from_f32(v[7]);
+  reinterpret_cast<uint4*>(out)[0] = lo;
+  reinterpret_cast<uint4*>(out)[1] = hi;
+}
+
+template <DType O>
+__device__ __forceinline__ void store8_half(uint16_t* out, const float v[kPerThread]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    w[k] = static_cast<uint32_t>(Storage<O>::from_f32(v[2 * k])) |
+           (static_cast<uint32_t>(Storage<O>::from_f32(v[2 * k + 1])) << 16);
+  *reinterpret_cast<uint4*>(out) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+template <>
+__device__ __forceinline__ void store8<DType::BF16>(uint16_t* out, const float v[kPerThread]) {
+  store8_half<DType::BF16>(out, v);
+}
+template <>
+__device__ __forceinline__ void store8<DType::F16>(uint16_t* out, const float v[kPerThread]) {
+  store8_half<DType::F16>(out, v);
+}
+
+template <DType S, DType O>
+__global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
+  using T = typename Storage<O>::type;
+  const int64_t g0 = p.base + kPerThread * (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x);
+  if (g0 >= p.end) return;
+
+  float add[kPerThread];
+  if (p.noise) {
+    normal4(static_cast<uint64_t>(g0 >> 2), p.tid, p.seed, add);
+    normal4(static_cast<uint64_t>(g0 >> 2) + 1, p.tid, p.seed, add + 4);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) add[k] = p.constant;
+  }
+
+  const float az = p.shrink * 0.0f;
+  int64_t r = g0 / p.cols;
+  int64_t c = g0 - r * p.cols;
+  float v[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t e = g0 + k;
+    float x = az;
+    if (e >= p.begin && e < p.end) {
+      const int64_t row = p.row_src[r - p.first_row];
+      const int64_t col = p.col_src[c];
+      if (row != kNoRow && col >= 0) x = p.shrink * load_f32<S>(p.src, row + col);
+    }
+    v[k] = x + p.scale * add[k];
+    if (++c == p.cols) {
+      c = 0;
+      ++r;
+    }
+  }
+
+  T* out = static_cast<T*>(p.out) + (g0 - p.begin);
+  const bool whole = g0 >= p.begin && g0 + kPerThread <= p.end;
+  if (whole && (reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+    store8<O>(out, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k)
+      if (g0 + k >= p.begin && g0 + k < p.end) out[k] = Storage<O>::from_f32(v[k]);
+  }
+}
+
+template <DType S>
+void launch_out(const Params& p, DType out, dim3 grid, cudaStream_t s) {
+  switch (out) {
+    case DType::F32: szp_kernel<S, DType::F32><<<grid, kThreads, 0, s>>>(p); break;
+    case DType::BF16: szp_kernel<S, DType::BF16><<<grid, kThreads, 0, s>>>(p); break;
+    case DType::F16: szp_kernel<S, DType::F16><<<grid, kThreads, 0, s>>>(p); break;
+  }
+}
+
+}  // namespace
+
+void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
+  if (call.size() == 0) return;
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+
+  // Lookup tables, row offsets then per-column source columns, in one copy.
+  std::vector<int64_t> tables(call.row_src);
+  const size_t col_at = tables.size();
+  tables.resize(col_at + static_cast<size_t>(call.cols), -1);
+  for (const ColumnRun& run : call.runs)
+    if (run.src >= 0)
+      for (int64_t c = run.begin; c < run.end; ++c) tables[col_at + c] = run.src + (c - run.begin);
+  int64_t* dev_tables = nullptr;
+  const size_t bytes = tables.size() * sizeof(int64_t);
+  check(cudaMallocAsync(reinterpret_cast<void**>(&dev_tables), bytes, stream), "cudaMallocAsync");
+  check(cudaMemcpyAsync(dev_tables, tables.data(), bytes, cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync");
+
+  Params p;
+  p.out = call.out;
+  p.src = call.src;
+  p.row_src = dev_tables;
+  p.col_src = dev_tables + col_at;
+  p.begin = call.begin;
+  p.end = call.end;
+  p.base = call.begin & ~static_cast<int64_t>(kPerThread - 1);
+  p.cols = call.cols;
+  p.first_row = call.first_row;
+  p.shrink = call.shrink;
+  p.noise = call.noise;
+  p.scale = call.noise ? call.noise_scale : 1.0f;
+  p.constant = call.constant;
+  p.seed = call.seed;
+  p.tid = call.tid;
+
+  const int64_t threads = (call.end - p.base + kPerThread - 1) / kPerThread;
+  const dim3 grid(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
+  switch (call.src_dtype) {
+    case DType::F32: launch_out<DType::F32>(p, call.out_dtype, grid, stream); break;
+    case DType::BF16: launch_out<DType::BF16>(p, call.out_dtype, grid, stream); break;
+    case DType::F16: launch_out<DType::F16>(p, call.out_dtype, grid, stream); break;
+  }
+  check(cudaGetLastError(), "szp_kernel launch");
+  check(cudaFreeAsync(dev_tables, stream), "cudaFreeAsync");
+}
+
+std::string cuda_device_name() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+}
+
+}  // namespace ws

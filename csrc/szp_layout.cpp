@@ -1,0 +1,176 @@
+#include "szp_layout.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace ws {
+
+int64_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+int64_t product(const std::vector<int64_t>& v, size_t from, size_t to) {
+  int64_t p = 1;
+  for (size_t k = from; k < to; ++k) p *= v[k];
+  return p;
+}
+
+void check_shape(const std::vector<int64_t>& shape, const char* what) {
+  if (shape.empty()) fail(std::string(what) + " shape must have at least one axis");
+  for (int64_t d : shape)
+    if (d < 0) fail(std::string(what) + " shape has a negative size");
+}
+
+// Per-axis table: output index -> source index, or -1.
+std::vector<int64_t> axis_table(const std::vector<Segment>& segs, int64_t out_dim,
+                                int64_t src_dim, size_t axis) {
+  std::vector<int64_t> table(static_cast<size_t>(out_dim), -1);
+  for (const Segment& s : segs) {
+    if (s.len < 0 || s.dst < 0 || s.src < 0 || s.dst + s.len > out_dim || s.src + s.len > src_dim)
+      fail("axis " + std::to_string(axis) + ": segment (dst=" + std::to_string(s.dst) +
+           ", src=" + std::to_string(s.src) + ", len=" + std::to_string(s.len) +
+           ") does not fit output size " + std::to_string(out_dim) + " and source size " +
+           std::to_string(src_dim));
+    for (int64_t j = 0; j < s.len; ++j) {
+      if (table[s.dst + j] >= 0)
+        fail("axis " + std::to_string(axis) + ": segments overlap at output position " +
+             std::to_string(s.dst + j));
+      table[s.dst + j] = s.src + j;
+    }
+  }
+  return table;
+}
+
+std::vector<ColumnRun> column_runs(const std::vector<int64_t>& table) {
+  std::vector<ColumnRun> runs;
+  const int64_t n = static_cast<int64_t>(table.size());
+  for (int64_t c = 0; c < n;) {
+    int64_t e = c + 1;
+    if (table[c] < 0) {
+      while (e < n && table[e] < 0) ++e;
+      runs.push_back({c, e, -1});
+    } else {
+      while (e < n && table[e] == table[c] + (e - c)) ++e;
+      runs.push_back({c, e, table[c]});
+    }
+    c = e;
+  }
+  return runs;
+}
+
+}  // namespace
+
+SZPCall make_call(const SZPArgs& a) {
+  check_shape(a.out_shape, "output");
+  const size_t ndim = a.out_shape.size();
+  const bool has_src = a.src_ptr != 0;
+  if (has_src) {
+    check_shape(a.src_shape, "source");
+    if (a.src_shape.size() != ndim)
+      fail("source has " + std::to_string(a.src_shape.size()) + " axes, output has " +
+           std::to_string(ndim));
+  }
+  if (a.maps.size() != ndim)
+    fail("expected one segment list per output axis (" + std::to_string(ndim) + "), got " +
+         std::to_string(a.maps.size()));
+  if (!has_src)
+    for (const auto& m : a.maps)
+      if (!m.empty()) fail("segments given but no source tensor");
+
+  const int64_t rows0 = a.out_shape[0];
+  if (a.row_start < 0 || a.row_stop < a.row_start || a.row_stop > rows0)
+    fail("row range [" + std::to_string(a.row_start) + ", " + std::to_string(a.row_stop) +
+         ") is outside the output's " + std::to_string(rows0) + " rows");
+  const int64_t inner = product(a.out_shape, 1, ndim);
+  SZPCall c;
+  c.out = reinterpret_cast<void*>(a.out_ptr);
+  c.src = reinterpret_cast<const void*>(a.src_ptr);
+  c.out_dtype = a.out_dtype;
+  c.src_dtype = a.src_dtype;
+  c.begin = a.row_start * inner;
+  c.end = a.row_stop * inner;
+  c.cols = a.out_shape[ndim - 1];
+  c.shrink = a.shrink;
+  c.noise_scale = a.noise_scale;
+  c.constant = a.constant;
+  c.noise = a.noise;
+  c.seed = a.seed;
+  c.tid = a.tid;
+  const int64_t want = c.size() * dtype_size(a.out_dtype);
+  if (a.out_nbytes != want)
+    fail("output buffer has " + std::to_string(a.out_nbytes) + " bytes, the row range needs " +
+         std::to_string(want));
+  if (c.size() > 0 && a.out_ptr == 0) fail("output buffer is null");
+
+  std::vector<std::vector<int64_t>> tables(ndim);
+  const std::vector<int64_t>& src_shape = has_src ? a.src_shape : a.out_shape;
+  for (size_t k = 0; k < ndim; ++k)
+    tables[k] = axis_table(a.maps[k], a.out_shape[k], src_shape[k], k);
+  c.runs = column_runs(tables[ndim - 1]);
+  if (c.size() == 0) return c;
+
+  // Source buffer: rows [src_row_start, src_row_start + held) of axis 0.
+  int64_t base = 0, held = 0;
+  if (has_src) {
+    const int64_t src_inner = product(src_shape, 1, ndim);
+    const int64_t row_bytes = src_inner * dtype_size(a.src_dtype);
+    if (row_bytes == 0 || a.src_nbytes % row_bytes != 0)
+      fail("source buffer of " + std::to_string(a.src_nbytes) +
+           " bytes is not a whole number of source rows");
+    const int64_t held_rows = a.src_nbytes / row_bytes;
+    if (a.src_row_start < 0 || a.src_row_start + held_rows > src_shape[0])
+      fail("source buffer rows [" + std::to_string(a.src_row_start) + ", " +
+           std::to_string(a.src_row_start + held_rows) + ") are outside the source's " +
+           std::to_string(src_shape[0]) + " rows");
+    base = a.src_row_start * src_inner;
+    held = held_rows * src_inner;
+  }
+
+  // Source offset of each output row touched by [begin, end).
+  std::vector<int64_t> src_strides(ndim, 1);
+  for (size_t k = ndim - 1; k-- > 0;) src_strides[k] = src_strides[k + 1] * src_shape[k + 1];
+  c.first_row = c.begin / c.cols;
+  const int64_t last_row = (c.end - 1) / c.cols;
+  c.row_src.resize(static_cast<size_t>(last_row - c.first_row + 1));
+  std::vector<int64_t> idx(ndim > 1 ? ndim - 1 : 0);
+  for (int64_t r = c.first_row; r <= last_row; ++r) {
+    int64_t rem = r, off = -base;
+    for (size_t k = idx.size(); k-- > 0;) {
+      const int64_t i = rem % a.out_shape[k];
+      rem /= a.out_shape[k];
+      const int64_t s = tables[k][i];
+      if (s < 0 || off == kNoRow) {
+        off = kNoRow;
+        continue;
+      }
+      off += s * src_strides[k];
+    }
+    c.row_src[r - c.first_row] = has_src ? off : kNoRow;
+  }
+
+  // Every source element read must lie inside the buffer.
+  if (has_src) {
+    const bool one_row = c.row_src.size() == 1;
+    const int64_t c_lo = one_row ? c.begin - c.first_row * c.cols : 0;
+    const int64_t c_hi = one_row ? c.end - c.first_row * c.cols : c.cols;
+    int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+    for (const ColumnRun& run : c.runs) {
+      const int64_t b = std::max(run.begin, c_lo), e = std::min(run.end, c_hi);
+      if (run.src < 0 || b >= e) continue;
+      lo = std::min(lo, run.src + (b - run.begin));
+      hi = std::max(hi, run.src + (e - run.begin));
+    }
+    if (lo <= hi)
+      for (int64_t off : c.row_src)
+        if (off != kNoRow && (off + lo < 0 || off + hi > held))
+          fail("the segments read source rows outside the source buffer (it holds rows from " +
+               std::to_string(a.src_row_start) + ")");
+  }
+  return c;
+}
+
+}  // namespace ws

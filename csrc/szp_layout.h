@@ -1,0 +1,67 @@
+// Host-side description of one SZP call: the validated arguments and the
+// lookup tables both kernels use to find each output element's source.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "szp_math.h"
+
+namespace ws {
+
+// Source positions [src, src + len) of one axis land at [dst, dst + len).
+struct Segment {
+  int64_t dst, src, len;
+};
+
+// Raw arguments, as Python hands them over: addresses and sizes, no tensors.
+struct SZPArgs {
+  uintptr_t out_ptr = 0;
+  int64_t out_nbytes = 0;
+  DType out_dtype = DType::F32;
+  std::vector<int64_t> out_shape;
+  int64_t row_start = 0, row_stop = 0;  // output rows (axis 0) to write
+  uintptr_t src_ptr = 0;                // 0: no source, pure init
+  int64_t src_nbytes = 0;
+  DType src_dtype = DType::F32;
+  std::vector<int64_t> src_shape;  // the whole source tensor's shape
+  int64_t src_row_start = 0;       // first source row the buffer holds
+  std::vector<std::vector<Segment>> maps;  // one segment list per axis
+  float shrink = 0.f, noise_scale = 0.f, constant = 0.f;
+  bool noise = true;  // false: constant init, add `constant` instead of noise
+  uint64_t seed = 0, tid = 0;
+};
+
+// A run of output columns [begin, end) whose source columns start at `src`
+// (-1: no source).
+struct ColumnRun {
+  int64_t begin, end, src;
+};
+
+constexpr int64_t kNoRow = INT64_MIN;
+
+// A validated call. The output is viewed as rows x cols (cols: the last axis);
+// flat output element e = r * cols + c reads source element
+// row_src[r - first_row] + col_src(c) when both exist.
+struct SZPCall {
+  void* out = nullptr;
+  const void* src = nullptr;
+  DType out_dtype = DType::F32, src_dtype = DType::F32;
+  int64_t begin = 0, end = 0;  // flat output range held by `out`
+  int64_t cols = 1;
+  int64_t first_row = 0;
+  std::vector<int64_t> row_src;  // source offset of each row, or kNoRow
+  std::vector<ColumnRun> runs;   // sorted, covering [0, cols)
+  float shrink = 0.f, noise_scale = 0.f, constant = 0.f;
+  bool noise = true;
+  uint64_t seed = 0, tid = 0;
+
+  int64_t size() const { return end - begin; }
+};
+
+// Validates `args` (throws std::invalid_argument with a readable message)
+// and builds the tables.
+SZPCall make_call(const SZPArgs& args);
+
+int64_t dtype_size(DType d);
+
+}  // namespace ws

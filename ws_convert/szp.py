@@ -1,0 +1,258 @@
+"""The SZP operator on one tensor: T = shrink * embed(S) + perturb * init_T.
+
+`szp()` is the low-level fused op every higher layer calls. It runs the
+compiled CPU or CUDA kernel when present and `szp_reference()` otherwise; the
+reference is plain PyTorch and is the oracle the kernels match bit for bit.
+
+Where source elements land is described per axis by segments: source
+positions [src, src + length) of that axis go to [dst, dst + length). One
+segment per axis is a top-left zero pad; several describe heads, fused q|k|v
+projections or rotary half-splits. Everything not covered is zero before the
+noise is added.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from . import _ext
+from .noise import normal_stream
+
+DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+CANONICAL_NAN = {torch.float32: (0x7FC00000, torch.int32), torch.bfloat16: (0x7FC0, torch.int16),
+                 torch.float16: (0x7E00, torch.int16)}
+
+
+class Segment(NamedTuple):
+    """Source positions [src, src + length) of one axis land at [dst, dst + length)."""
+
+    dst: int
+    src: int
+    length: int
+
+
+AxisMap = Sequence[Segment]
+
+
+@dataclass(frozen=True)
+class Normal:
+    """A Gaussian μP init with this std at the target size."""
+
+    std: float
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A constant init (1 for norm gains, 0 for biases)."""
+
+    value: float
+
+
+Init = Normal | Constant
+
+
+def pad_maps(src_shape: Sequence[int]) -> list[list[Segment]]:
+    """The top-left zero pad: every source axis lands at the start of the output axis."""
+    return [[Segment(0, 0, d)] if d else [] for d in src_shape]
+
+
+def f32(x: float) -> float:
+    """Round a Python float (double) to the nearest float32, once."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _check_tensor(t: torch.Tensor, what: str) -> None:
+    if t.dtype not in DTYPES:
+        raise ValueError(f"{what} has dtype {t.dtype}; the op takes float32, bfloat16 or float16")
+    if not t.is_contiguous():
+        raise ValueError(f"{what} must be contiguous")
+
+
+def _check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int],
+                src_shape: Sequence[int] | None) -> None:
+    """The checks the kernels make too, so the reference refuses the same input."""
+    if len(maps) != len(out_shape):
+        raise ValueError(f"expected one segment list per output axis ({len(out_shape)}), got {len(maps)}")
+    if src_shape is None:
+        if any(len(m) for m in maps):
+            raise ValueError("segments given but no source tensor")
+        return
+    if len(src_shape) != len(out_shape):
+        raise ValueError(f"source has {len(src_shape)} axes, output has {len(out_shape)}")
+    for axis, (segs, n_out, n_src) in enumerate(zip(maps, out_shape, src_shape)):
+        covered = torch.zeros(n_out, dtype=torch.bool)
+        for dst, src, length in segs:
+            if min(dst, src, length) < 0 or dst + length > n_out or src + length > n_src:
+                raise ValueError(f"axis {axis}: segment (dst={dst}, src={src}, len={length}) does not "
+                                 f"fit output size {n_out} and source size {n_src}")
+            if covered[dst:dst + length].any():
+                raise ValueError(f"axis {axis}: segments overlap")
+            covered[dst:dst + length] = True
+
+
+def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int],
+           maps: Sequence[AxisMap], rows: tuple[int, int], src_row_start: int) -> torch.Tensor:
+    """Float32 rows [rows) of the zero-padded source (0 where nothing lands)."""
+    shape = (rows[1] - rows[0], *out_shape[1:])
+    index = torch.zeros(shape, dtype=torch.int64, device=src.device)
+    valid = torch.ones(shape, dtype=torch.bool, device=src.device)
+    stride = 1
+    for axis in reversed(range(len(out_shape))):
+        table = torch.full((out_shape[axis],), -1, dtype=torch.int64)
+        for dst, s, length in maps[axis]:
+            table[dst:dst + length] = torch.arange(s, s + length)
+        if axis == 0:
+            table = table[rows[0]:rows[1]]
+            table = torch.where(table >= 0, table - src_row_start, table)
+        view = [1] * len(out_shape)
+        view[axis] = -1
+        table = table.to(src.device).view(view)
+        valid &= table >= 0
+        index = index + table.clamp(min=0) * stride
+        stride *= src_shape[axis]
+    flat = src.reshape(-1).to(torch.float32)
+    if flat.numel() == 0:
+        return torch.zeros(shape, dtype=torch.float32, device=src.device)
+    if bool((valid & (index >= flat.numel())).any()):
+        raise ValueError("the segments read source rows outside the source buffer")
+    return torch.where(valid, flat[index.clamp(max=flat.numel() - 1)], 0.0)
+
+
+def _store(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round float32 to the output dtype (nearest-even), NaN made canonical."""
+    out = v.to(dtype)
+    bits, int_type = CANONICAL_NAN[dtype]
+    nan = torch.tensor(bits, dtype=torch.int64).to(int_type).view(dtype)
+    return torch.where(torch.isnan(v), nan.to(v.device), out)
+
+
+def szp_reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out_shape: Sequence[int],
+                  maps: Sequence[AxisMap], *, shrink: float, perturb: float, init: Init, seed: int,
+                  tid: int, rows: tuple[int, int], src_row_start: int,
+                  out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Plain-PyTorch SZP on output rows [rows): the oracle for the kernels."""
+    inner = 1
+    for d in out_shape[1:]:
+        inner *= d
+    begin, end = rows[0] * inner, rows[1] * inner
+    if isinstance(init, Normal):
+        add = normal_stream(begin, end, tid, seed, device)
+        scale = f32(init.std * perturb)
+    else:
+        add = torch.full((end - begin,), f32(perturb * init.value), dtype=torch.float32, device=device)
+        scale = 1.0
+    if src is None:
+        emb = torch.zeros(end - begin, dtype=torch.float32, device=device)
+    else:
+        emb = _embed(src, src_shape, out_shape, maps, rows, src_row_start).reshape(-1)
+    a = torch.tensor(f32(shrink), dtype=torch.float32, device=device)
+    s = torch.tensor(scale, dtype=torch.float32, device=device)
+    v = a * emb + s * add
+    return _store(v, out_dtype).reshape(rows[1] - rows[0], *out_shape[1:])
+
+
+def _pick_backend(backend: str, device: torch.device):
+    if backend not in ("auto", "cpu", "cuda", "reference"):
+        raise ValueError(f"backend must be auto, cpu, cuda or reference, not {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda" and _ext.cuda is not None:
+            return "cuda"
+        if device.type == "cpu" and _ext.cpu is not None:
+            return "cpu"
+        return "reference"
+    if backend != "reference":
+        if backend != device.type:
+            raise ValueError(f"backend {backend!r} cannot run on tensors on {device}")
+        module = _ext.cpu if backend == "cpu" else _ext.cuda
+        if module is None:
+            name = "_C" if backend == "cpu" else "_C_cuda"
+            raise RuntimeError(f"the {backend} extension is not built: {_ext.why_missing.get(name, '')}")
+    return backend
+
+
+def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisMap], *,
+        shrink: float = 0.4, perturb: float = 1.0, init: Init = Normal(0.02), seed: int = 0,
+        tid: int, rows: tuple[int, int] | None = None, src_shape: Sequence[int] | None = None,
+        src_row_start: int = 0, out: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+        threads: int | None = None, backend: str = "auto") -> torch.Tensor:
+    """Compute output rows [rows) (axis 0; default all) of one SZP tensor.
+
+    `src` holds source rows [src_row_start, src_row_start + len(src)) of a
+    source tensor of shape `src_shape` (default: src's own shape), so large
+    tensors can be streamed in row chunks. `tid` is the tensor's noise stream
+    (`noise.tensor_id(name)`). Returns `out` (allocated when not given) with
+    shape (rows[1] - rows[0], *out_shape[1:]).
+    """
+    out_shape = tuple(int(d) for d in out_shape)
+    if src is not None:
+        _check_tensor(src, "source tensor")
+        src_shape = tuple(src.shape) if src_shape is None else tuple(int(d) for d in src_shape)
+    else:
+        src_shape = None
+    if not out_shape:  # a 0-d tensor is one row of one element
+        maps = [[Segment(0, 0, 1)]] if src is not None else [[]]
+        res = szp(None if src is None else src.reshape(1), (1,), maps, shrink=shrink,
+                  perturb=perturb, init=init, seed=seed, tid=tid, src_row_start=0,
+                  out=None if out is None else out.reshape(1), out_dtype=out_dtype,
+                  device=device, threads=threads, backend=backend)
+        return res.reshape(()) if out is None else out
+    rows = (0, out_shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= rows[0] <= rows[1] <= out_shape[0]:
+        raise ValueError(f"row range {rows} is outside the output's {out_shape[0]} rows")
+    _check_maps(maps, out_shape, src_shape)
+    if not isinstance(init, (Normal, Constant)):
+        raise TypeError("init must be Normal(std) or Constant(value)")
+    part_shape = (rows[1] - rows[0], *out_shape[1:])
+    if out is not None:
+        _check_tensor(out, "output tensor")
+        if tuple(out.shape) != part_shape:
+            raise ValueError(f"output tensor has shape {tuple(out.shape)}, expected {part_shape}")
+        out_dtype = out.dtype
+    dev = torch.device(device) if device is not None else (
+        out.device if out is not None else src.device if src is not None else torch.device("cpu"))
+    out_dtype = out_dtype or (src.dtype if src is not None else torch.float32)
+    if out_dtype not in DTYPES:
+        raise ValueError(f"output dtype {out_dtype} is not float32, bfloat16 or float16")
+    for t, what in ((src, "source tensor"), (out, "output tensor")):
+        if t is not None and t.device != dev:
+            raise ValueError(f"{what} is on {t.device}, expected {dev}")
+
+    chosen = _pick_backend(backend, dev)
+    if chosen == "reference":
+        res = szp_reference(src, src_shape, out_shape, maps, shrink=shrink, perturb=perturb,
+                            init=init, seed=seed, tid=tid, rows=rows, src_row_start=src_row_start,
+                            out_dtype=out_dtype, device=dev)
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
+
+    if out is None:
+        out = torch.empty(part_shape, dtype=out_dtype, device=dev)
+    noise = isinstance(init, Normal)
+    args = dict(
+        out_ptr=out.data_ptr(), out_nbytes=out.numel() * out.element_size(),
+        out_dtype=DTYPES[out_dtype], out_shape=list(out_shape), row_start=rows[0], row_stop=rows[1],
+        src_ptr=0 if src is None or src.numel() == 0 else src.data_ptr(),
+        src_nbytes=0 if src is None else src.numel() * src.element_size(),
+        src_dtype=DTYPES[src.dtype] if src is not None else "float32",
+        src_shape=list(src_shape or ()), src_row_start=int(src_row_start),
+        maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
+        shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
+        constant=0.0 if noise else f32(perturb * init.value), noise=noise,
+        seed=int(seed), tid=int(tid),
+    )
+    if src is not None and src.numel() == 0:
+        args["maps"] = [[] for _ in out_shape]
+    if chosen == "cpu":
+        _ext.cpu.szp(args, threads or 0)
+    else:
+        with torch.cuda.device(dev):
+            _ext.cuda.szp(args, torch.cuda.current_stream(dev).cuda_stream)
+    return out
