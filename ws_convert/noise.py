@@ -88,8 +88,14 @@ def sincos_2pi(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where((q & 2) != 0, -sv, sv), torch.where(((q + 1) & 2) != 0, -cv, cv)
 
 
+def sqrt_f32(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt (torch's CPU sqrt is not): via float64,
+    where rounding twice is provably harmless for sqrt."""
+    return x.double().sqrt().to(torch.float32)
+
+
 def box_muller(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.sqrt(_f32(-2.0) * log_f32(uniform01(x0)))
+    r = sqrt_f32(_f32(-2.0) * log_f32(uniform01(x0)))
     s, c = sincos_2pi(uniform01(x1))
     return r * c, r * s
 

@@ -1,0 +1,66 @@
+"""Random SZP cases shared by the op tests: shapes, segment layouts, sources."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ws_convert import Segment
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def random_axis_map(rng: random.Random, n_src: int, n_out: int) -> list[Segment]:
+    """Cut the source axis into pieces, shuffle them and drop them into the
+    output axis with random gaps: heads, fused q|k|v and rotary halves are all
+    special cases of this."""
+    if n_src == 0:
+        return []
+    cuts = sorted(rng.sample(range(1, n_src), min(rng.randint(0, 4), n_src - 1)))
+    bounds = [0, *cuts, n_src]
+    pieces = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(len(bounds) - 1)]
+    if rng.random() < 0.5:
+        rng.shuffle(pieces)
+    slack = n_out - n_src
+    gaps = sorted(rng.randint(0, slack) for _ in pieces)
+    segs, pos, used = [], 0, 0
+    for (src, length), gap in zip(pieces, gaps):
+        pos += gap - used
+        used = gap
+        segs.append(Segment(pos, src, length))
+        pos += length
+    return segs
+
+
+def random_shape(rng: random.Random, ndim: int, tiny: bool = False) -> tuple[int, ...]:
+    hi = 4 if tiny else 40
+    return tuple(rng.randint(1, hi) for _ in range(ndim))
+
+
+def random_case(rng: random.Random, dtype: torch.dtype, ndim: int | None = None,
+                tiny: bool = False):
+    """(src, out_shape, maps) with every output axis at least the source's."""
+    ndim = ndim or rng.randint(1, 3)
+    src_shape = random_shape(rng, ndim, tiny)
+    out_shape = tuple(d + rng.randint(0, d + 3) for d in src_shape)
+    maps = [random_axis_map(rng, s, o) for s, o in zip(src_shape, out_shape)]
+    src = random_tensor(src_shape, dtype, rng.randrange(2**31))
+    return src, out_shape, maps
+
+
+def random_tensor(shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Normal values with a few exact zeros, negative zeros and large values."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g) * 2.0
+    flat = t.view(-1)
+    if flat.numel() >= 8:
+        flat[0] = 0.0
+        flat[1] = -0.0
+        flat[2] = 300.0
+    return t.to(dtype)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
