@@ -7,6 +7,7 @@ when nvcc is found), WS_CONVERT_CUDA_ARCHS (default "80;90").
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,22 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
+def want_cuda() -> bool:
+    """Resolve WS_CONVERT_CUDA here, so setuptools knows which modules to expect."""
+    mode = os.environ.get("WS_CONVERT_CUDA", "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        sys.exit(f"WS_CONVERT_CUDA must be auto, on or off, not {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return bool(os.environ.get("CUDACXX") or shutil.which("nvcc")
+                or Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists())
+
+
 class CMakeBuild(build_ext):
     def build_extensions(self) -> None:
         out_dir = Path(self.get_ext_fullpath("ws_convert._C")).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
-        cuda = os.environ.get("WS_CONVERT_CUDA", "auto").upper()
-        if cuda not in ("AUTO", "ON", "OFF"):
-            sys.exit(f"WS_CONVERT_CUDA must be auto, on or off, not {cuda.lower()!r}")
         import pybind11
 
         configure = [
@@ -32,7 +41,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-            f"-DWS_CONVERT_CUDA={cuda}",
+            f"-DWS_CONVERT_CUDA={'ON' if want_cuda() else 'OFF'}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         if "WS_CONVERT_CUDA_ARCHS" in os.environ:
@@ -42,6 +51,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[Extension("ws_convert._C", sources=[])],
+    ext_modules=[Extension("ws_convert._C", sources=[])]
+    + ([Extension("ws_convert._C_cuda", sources=[])] if want_cuda() else []),
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -25,7 +25,7 @@ struct Params {
   const void* src;
   const int64_t* row_src;  // per row from first_row, or kNoRow
   const int64_t* col_src;  // per column, or -1
-  int64_t begin, end, base, cols, first_row;
+  int64_t begin, end, base, cols, first_row, num_rows;
   float shrink, scale, constant;
   bool noise;
   uint64_t seed, tid;
@@ -67,6 +67,11 @@ __device__ __forceinline__ void store8<DType::F16>(uint16_t* out, const float v[
   store8_half<DType::F16>(out, v);
 }
 
+__device__ __forceinline__ int64_t row_at(const Params& p, int64_t r) {
+  const int64_t i = r - p.first_row;
+  return i >= 0 && i < p.num_rows ? p.row_src[i] : kNoRow;
+}
+
 template <DType S, DType O>
 __global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
   using T = typename Storage<O>::type;
@@ -83,27 +88,38 @@ __global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
   }
 
   const float az = p.shrink * 0.0f;
-  int64_t r = g0 / p.cols;
+  const bool whole = g0 >= p.begin && g0 + kPerThread <= p.end;
+  // 64-bit division is a long software routine; most tensors fit in 32 bits.
+  int64_t r = ((g0 | p.cols) >> 32) == 0
+                  ? static_cast<int64_t>(static_cast<uint32_t>(g0) / static_cast<uint32_t>(p.cols))
+                  : g0 / p.cols;
   int64_t c = g0 - r * p.cols;
+  int64_t row = row_at(p, r);
   float v[kPerThread];
+  if (whole && c + kPerThread <= p.cols) {  // the common case: inside one row
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k) {
-    const int64_t e = g0 + k;
-    float x = az;
-    if (e >= p.begin && e < p.end) {
-      const int64_t row = p.row_src[r - p.first_row];
-      const int64_t col = p.col_src[c];
-      if (row != kNoRow && col >= 0) x = p.shrink * load_f32<S>(p.src, row + col);
+    for (int k = 0; k < kPerThread; ++k) {
+      const int64_t col = p.col_src[c + k];
+      const float x = (row != kNoRow && col >= 0) ? p.shrink * load_f32<S>(p.src, row + col) : az;
+      v[k] = x + p.scale * add[k];
     }
-    v[k] = x + p.scale * add[k];
-    if (++c == p.cols) {
-      c = 0;
-      ++r;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      float x = az;
+      if (g0 + k >= p.begin && g0 + k < p.end) {
+        const int64_t col = p.col_src[c];
+        if (row != kNoRow && col >= 0) x = p.shrink * load_f32<S>(p.src, row + col);
+      }
+      v[k] = x + p.scale * add[k];
+      if (++c == p.cols) {  // next row
+        c = 0;
+        row = row_at(p, ++r);
+      }
     }
   }
 
   T* out = static_cast<T*>(p.out) + (g0 - p.begin);
-  const bool whole = g0 >= p.begin && g0 + kPerThread <= p.end;
   if (whole && (reinterpret_cast<uintptr_t>(out) & 15) == 0) {
     store8<O>(out, v);
   } else {
@@ -151,6 +167,7 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
   p.base = call.begin & ~static_cast<int64_t>(kPerThread - 1);
   p.cols = call.cols;
   p.first_row = call.first_row;
+  p.num_rows = static_cast<int64_t>(call.row_src.size());
   p.shrink = call.shrink;
   p.noise = call.noise;
   p.scale = call.noise ? call.noise_scale : 1.0f;

@@ -216,6 +216,8 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
         out_dtype = out.dtype
     dev = torch.device(device) if device is not None else (
         out.device if out is not None else src.device if src is not None else torch.device("cpu"))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     out_dtype = out_dtype or (src.dtype if src is not None else torch.float32)
     if out_dtype not in DTYPES:
         raise ValueError(f"output dtype {out_dtype} is not float32, bfloat16 or float16")
