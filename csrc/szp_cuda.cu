@@ -3,6 +3,7 @@
 // store and float32 in two, where the row range is aligned.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -14,6 +15,10 @@ namespace {
 
 constexpr int kPerThread = 8;
 constexpr int kThreads = 256;
+// group[c] describes columns [c, c + 8): the first source column when all 8
+// map to consecutive source columns, kGroupEmpty when none has a source, and
+// kGroupMixed otherwise (the per-element path handles it).
+constexpr int32_t kGroupEmpty = -1, kGroupMixed = -2;
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -25,6 +30,7 @@ struct Params {
   const void* src;
   const int64_t* row_src;  // per row from first_row, or kNoRow
   const int64_t* col_src;  // per column, or -1
+  const int32_t* group;    // per column: see kGroupMixed
   int64_t begin, end, base, cols, first_row, num_rows;
   float shrink, scale, constant;
   bool noise;
@@ -67,6 +73,28 @@ __device__ __forceinline__ void store8<DType::F16>(uint16_t* out, const float v[
   store8_half<DType::F16>(out, v);
 }
 
+// x[k] = shrink * src[off + k], with 16-byte loads where aligned.
+template <DType S>
+__device__ __forceinline__ void load8(const void* src, int64_t off, float shrink, float x[kPerThread]) {
+  const int64_t es = S == DType::F32 ? 4 : 2;
+  const char* ptr = static_cast<const char*>(src) + off * es;
+  if ((reinterpret_cast<uintptr_t>(ptr) & 15) == 0) {
+    uint4 w[2];
+    w[0] = reinterpret_cast<const uint4*>(ptr)[0];
+    if (S == DType::F32) w[1] = reinterpret_cast<const uint4*>(ptr)[1];
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(w);
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const float f = S == DType::F32 ? u2f(words[k])
+                                      : load_f32<S>(reinterpret_cast<const uint16_t*>(words), k);
+      x[k] = shrink * f;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) x[k] = shrink * load_f32<S>(src, off + k);
+  }
+}
+
 __device__ __forceinline__ int64_t row_at(const Params& p, int64_t r) {
   const int64_t i = r - p.first_row;
   return i >= 0 && i < p.num_rows ? p.row_src[i] : kNoRow;
@@ -96,12 +124,15 @@ __global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
   int64_t c = g0 - r * p.cols;
   int64_t row = row_at(p, r);
   float v[kPerThread];
-  if (whole && c + kPerThread <= p.cols) {  // the common case: inside one row
+  const int32_t group = whole && c + kPerThread <= p.cols ? p.group[c] : kGroupMixed;
+  if (group != kGroupMixed) {  // the common case: one row, one run of columns
+    float x[kPerThread];
+    if (row != kNoRow && group >= 0)
+      load8<S>(p.src, row + group, p.shrink, x);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
-      const int64_t col = p.col_src[c + k];
-      const float x = (row != kNoRow && col >= 0) ? p.shrink * load_f32<S>(p.src, row + col) : az;
-      v[k] = x + p.scale * add[k];
+      if (row == kNoRow || group < 0) x[k] = az;
+      v[k] = x[k] + p.scale * add[k];
     }
   } else {
 #pragma unroll
@@ -151,6 +182,23 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
   for (const ColumnRun& run : call.runs)
     if (run.src >= 0)
       for (int64_t c = run.begin; c < run.end; ++c) tables[col_at + c] = run.src + (c - run.begin);
+  // Column groups, packed as int32 after the int64 tables.
+  const size_t group_at = tables.size();
+  const int64_t cols = call.cols;
+  tables.resize(group_at + static_cast<size_t>((cols + 1) / 2), 0);
+  int32_t* group = reinterpret_cast<int32_t*>(tables.data() + group_at);
+  const int64_t* col = tables.data() + col_at;
+  for (int64_t c = 0; c < cols; ++c) {
+    bool empty = true, run = col[c] >= 0;
+    for (int64_t k = 0; k < kPerThread && c + k < cols; ++k) {
+      empty = empty && col[c + k] < 0;
+      run = run && col[c + k] == col[c] + k;
+    }
+    group[c] = c + kPerThread > cols || col[c] > INT32_MAX ? kGroupMixed
+               : empty               ? kGroupEmpty
+               : run                 ? static_cast<int32_t>(col[c])
+                                     : kGroupMixed;
+  }
   int64_t* dev_tables = nullptr;
   const size_t bytes = tables.size() * sizeof(int64_t);
   check(cudaMallocAsync(reinterpret_cast<void**>(&dev_tables), bytes, stream), "cudaMallocAsync");
@@ -162,6 +210,7 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
   p.src = call.src;
   p.row_src = dev_tables;
   p.col_src = dev_tables + col_at;
+  p.group = reinterpret_cast<const int32_t*>(dev_tables + group_at);
   p.begin = call.begin;
   p.end = call.end;
   p.base = call.begin & ~static_cast<int64_t>(kPerThread - 1);

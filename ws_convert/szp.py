@@ -85,14 +85,14 @@ def _check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int],
     if len(src_shape) != len(out_shape):
         raise ValueError(f"source has {len(src_shape)} axes, output has {len(out_shape)}")
     for axis, (segs, n_out, n_src) in enumerate(zip(maps, out_shape, src_shape)):
-        covered = torch.zeros(n_out, dtype=torch.bool)
-        for dst, src, length in segs:
+        end = 0
+        for dst, src, length in sorted(segs):
             if min(dst, src, length) < 0 or dst + length > n_out or src + length > n_src:
                 raise ValueError(f"axis {axis}: segment (dst={dst}, src={src}, len={length}) does not "
                                  f"fit output size {n_out} and source size {n_src}")
-            if covered[dst:dst + length].any():
-                raise ValueError(f"axis {axis}: segments overlap")
-            covered[dst:dst + length] = True
+            if length and dst < end:
+                raise ValueError(f"axis {axis}: segments overlap at output position {dst}")
+            end = max(end, dst + length)
 
 
 def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int],
