@@ -19,3 +19,7 @@ class CheckpointError(WsConvertError):
 
 class OutputError(WsConvertError):
     """The output cannot be written where or how it was asked."""
+
+
+class PlanError(WsConvertError):
+    """The requested growth cannot be planned for this checkpoint."""
