@@ -3,15 +3,144 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import sys
+
 import click
 
 from . import __version__
+from .architectures import NAMES as ARCH_NAMES
+from .errors import WsConvertError
+from .plan import DEPTH_POLICIES, HEAD_POLICIES, Plan
+
+
+def fail_cleanly(fn):
+    """Our own errors become `ws-convert: error: ...` and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WsConvertError as exc:
+            click.echo(f"ws-convert: error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def source_options(fn):
+    """Flags that say how to read the source."""
+    for option in reversed([
+        click.option("--arch", type=click.Choice(ARCH_NAMES), help="Architecture, when it cannot be detected."),
+        click.option("--num-heads", type=click.IntRange(1), help="Attention heads, when no config says."),
+        click.option("--num-kv-heads", type=click.IntRange(1), help="Key/value heads, when no config says."),
+        click.option("--allow-pickle", is_flag=True, help="Read pickle (.bin) checkpoints (weights only)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def growth_options(fn):
+    """The knobs of a growth, shared by `grow` and `plan` (DESIGN.md section 7)."""
+    for option in reversed([
+        click.option("--to-width", type=click.IntRange(1), required=True, help="Target width (d_model)."),
+        click.option("--to-depth", type=click.IntRange(1), help="Target number of layers."),
+        click.option("--to-ffn", type=click.IntRange(1), help="Target MLP size (default: scales with width)."),
+        click.option("--head-policy", type=click.Choice(HEAD_POLICIES), default="heads", show_default=True,
+                     help="Add heads (keep head_dim) or widen each head."),
+        click.option("--depth-policy", type=click.Choice(DEPTH_POLICIES), default="stack", show_default=True),
+        click.option("--shrink", type=float, default=0.4, show_default=True),
+        click.option("--perturb", type=float, default=1.0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True),
+        click.option("--init-std", type=float, default=0.02, show_default=True),
+        click.option("--readout-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True),
+        click.option("--base-shapes", type=click.Path(dir_okay=False), help="mup .bsh file with the base shapes."),
+        click.option("--dtype", type=click.Choice(["keep", "float32", "bfloat16", "float16"]), default="keep",
+                     show_default=True),
+    ]):
+        fn = option(fn)
+    return source_options(fn)
+
+
+def growth_kwargs(kw: dict) -> dict:
+    """GrowthOptions fields from click's parameters."""
+    keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "shrink", "perturb", "seed",
+            "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads")
+    return {k: kw[k] for k in keys}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ws-convert")
 def main() -> None:
     """Grow a trained small μP model into a larger one with SZP warm-starting."""
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    return f"{n:.4g}P"
+
+
+def plan_table(p: Plan) -> str:
+    s, t = p.source, p.target
+    heads = (f"heads {s.heads} -> {t.heads} (kv {s.kv_heads} -> {t.kv_heads}), "
+             f"head_dim {s.head_dim} -> {t.head_dim}")
+    lines = [f"{p.arch}: width {s.width} -> {t.width}, {heads}, ffn {s.ffn} -> {t.ffn}, "
+             f"layers {s.layers} -> {t.layers} ({p.options.depth_policy}); "
+             f"shrink {p.options.shrink}, perturb {p.options.perturb}, seed {p.options.seed}"]
+    rows = [("tensor", "shape", "role", "shrink", "noise std", "layout")]
+    for x in p.tensors:
+        src = "new" if x.src_shape is None else str(list(x.src_shape))
+        segs = max((len(a) for a in x.maps), default=0)
+        layout = ", ".join(filter(None, [x.note, f"{segs} segments" if segs > 1 else ""]))
+        init = f"{x.noise_std:.4g}" if x.noise_std else (
+            f"const {x.init.value * x.perturb:g}" if hasattr(x.init, "value") and x.init.value else "0")
+        rows.append((x.name, f"{src} -> {list(x.shape)}", x.role.value, f"{x.shrink:g}", init, layout))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append(f"parameters {human(p.params_before)} -> {human(p.params_after)} ({p.growth:.2f}x), "
+                 f"output {human(p.bytes_after)}B in {len(p.tensors)} tensors")
+    lines += [f"warning: {w}" for w in p.warnings]
+    return "\n".join(lines)
+
+
+@main.command("plan")
+@click.argument("src", type=click.Path(exists=True))
+@growth_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@fail_cleanly
+def plan_cmd(src: str, as_json: bool, base_shapes: str | None, allow_pickle: bool, **kw) -> None:
+    """Show the per-tensor plan for growing SRC; nothing is written."""
+    from .api import plan
+
+    p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, **growth_kwargs(kw))
+    click.echo(json.dumps(p.to_json(), indent=1) if as_json else plan_table(p))
+
+
+@main.command("inspect")
+@click.argument("src", type=click.Path(exists=True))
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@fail_cleanly
+def inspect_cmd(src: str, as_json: bool, **kw) -> None:
+    """Architecture, sizes, dtypes, parameters and shards of SRC."""
+    from .api import inspect
+
+    info = inspect(src, **kw)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(f"{info['path']}: {info['arch']}")
+    for key in ("width", "depth", "heads", "kv_heads", "head_dim", "ffn", "vocab", "ctx"):
+        if key in info:
+            click.echo(f"  {key:<10} {info[key]}")
+    click.echo(f"  {'params':<10} {human(info['parameters'])} in {info['tensors']} tensors, "
+               f"{human(info['bytes'])}B ({', '.join(f'{k} x{v}' for k, v in info['dtypes'].items())})")
+    files = info["files"]
+    click.echo(f"  {'shards':<10} {len(files)}: " + ", ".join(f"{f['name']} ({human(f['bytes'])}B)" for f in files))
+    if not info["config"]:
+        click.echo("  (no config.json)")
 
 
 @main.command()
