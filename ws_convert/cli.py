@@ -105,6 +105,91 @@ def plan_table(p: Plan) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory (default: beside SRC).")
+@growth_options
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard, like 500MB or 5GB.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--dry-run", is_flag=True, help="Plan and check everything, write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@fail_cleanly
+def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool, device: str,
+         threads: int | None, max_shard_size: str, overwrite: bool, dry_run: bool, quiet: bool, **kw) -> None:
+    """Grow the checkpoint SRC to a larger width (and depth) with SZP."""
+    from .api import plan
+    from .engine import default_out, grow as run_grow
+    from .writer import parse_size
+
+    try:
+        parse_size(max_shard_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
+    options = growth_kwargs(kw)
+    if dry_run:
+        p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, **options)
+        target = out or default_out(src, options["to_width"])
+        if not quiet:
+            click.echo(plan_table(p))
+            click.echo(f"dry run: would write {human(p.bytes_after)}B to {target}")
+        return
+    bar = None
+
+    def progress(nbytes: int, total: int) -> None:
+        nonlocal bar
+        if quiet or not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(length=total, label="growing", file=sys.stderr, show_eta=True)
+            bar.__enter__()
+        bar.update(nbytes)
+
+    try:
+        report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
+                          max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
+                          progress=progress, **options)
+    except KeyboardInterrupt:
+        click.echo("\nws-convert: interrupted; nothing was written at the output", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"ws-convert: error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for w in report.plan.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if not quiet:
+        click.echo(f"wrote {report.out}: {human(report.params_before)} -> {human(report.params_after)} parameters, "
+                   f"{human(report.bytes_written)}B in {report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, "
+                   f"{report.device})")
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@fail_cleanly
+def verify(out: str, threads: int | None) -> None:
+    """Recompute OUT from its recorded source and knobs; exit 1 on any difference."""
+    from .verify import verify as run_verify
+
+    r = run_verify(out, threads=threads)
+    if r.source_changed:
+        click.echo(f"note: the source changed since the output was made: {', '.join(r.source_changed)}")
+    for name in r.differing:
+        click.echo(f"differs: {name}")
+    for name in r.missing:
+        click.echo(f"missing: {name}")
+    for name in r.unexpected:
+        click.echo(f"unexpected: {name}")
+    click.echo(f"{'ok' if r.ok else 'FAILED'}: {r.checked} tensors recomputed from {r.source}, "
+               f"{len(r.differing)} differ")
+    if not r.ok:
+        sys.exit(1)
+
+
 @main.command("plan")
 @click.argument("src", type=click.Path(exists=True))
 @growth_options

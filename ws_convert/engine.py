@@ -1,15 +1,35 @@
-"""Executing a plan: every planned tensor through the fused SZP op."""
+"""Executing a plan: every planned tensor through the fused SZP op, in memory
+(`grow_state_dict`) or streamed from files to files (`grow`).
+
+The streaming path reads source rows as views of the memory-mapped input,
+computes output row chunks into a few reused buffers and hands each to a
+writer thread, so reading, computing and writing overlap and memory stays at
+a few chunks whatever the model size. On a GPU the chunks go through pinned
+host buffers and a CUDA stream.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from . import _ext
+from .errors import OutputError
 from .noise import tensor_id
-from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan
-from .safetensors_spec import DTYPES, NAMES
+from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
+from .provenance import record
+from .reader import Checkpoint, open_checkpoint
+from .safetensors_spec import DTYPES, ITEMSIZE, NAMES
 from .szp import szp
+from .writer import CheckpointWriter, OutputTensor
+
+DEFAULT_CHUNK_BYTES = 32 << 20
+SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
 
 
 def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tuple[int, int] | None = None,
@@ -36,3 +56,178 @@ def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int, *, co
         device = src.device if src is not None else next(iter(state_dict.values())).device
         grown[t.name] = run_tensor(t, src, plan.options.seed, threads=threads, device=device)
     return grown, plan
+
+
+# -- chunking ---------------------------------------------------------------
+
+def row_chunks(t: TensorPlan, chunk_bytes: int) -> Iterator[tuple[int, int, int, int]]:
+    """(out_row0, out_row1, src_row0, src_row1) per chunk of at most
+    `chunk_bytes` of output (at least one row), with the source rows it reads."""
+    if not t.shape:  # a 0-d tensor: one chunk of one element
+        yield 0, 1, 0, 1
+        return
+    rows = t.shape[0]
+    row_bytes = max(1, (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype])
+    step = max(1, chunk_bytes // row_bytes)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        spans = [(src + max(r0, dst) - dst, src + min(r1, dst + length) - dst)
+                 for dst, src, length in t.maps[0] if max(r0, dst) < min(r1, dst + length)]
+        yield r0, r1, min((a for a, _ in spans), default=0), max((b for _, b in spans), default=0)
+
+
+# -- the streaming grow ---------------------------------------------------------
+
+@dataclass
+class GrowReport:
+    out: Path
+    plan: Plan
+    device: str
+    bytes_written: int
+    seconds: float
+
+    @property
+    def params_before(self) -> int:
+        return self.plan.params_before
+
+    @property
+    def params_after(self) -> int:
+        return self.plan.params_after
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_written / max(self.seconds, 1e-9) / 1e9
+
+
+def default_out(src: Path, to_width: int) -> Path:
+    """A new directory beside the source, named after it and the width."""
+    src = Path(src).absolute()
+    stem = src.name if src.is_dir() else src.stem.removesuffix(".safetensors.index").removesuffix(".safetensors")
+    if not src.is_dir() and src.name in ("model.safetensors", "model.safetensors.index.json"):
+        stem = src.parent.name
+        src = src.parent
+    return src.parent / f"{stem}-w{to_width}"
+
+
+def pick_device(device: str) -> torch.device:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise OutputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    gpu = _ext.cuda is not None and torch.cuda.is_available()
+    if device == "auto":
+        return torch.device("cuda" if gpu else "cpu")
+    if device.startswith("cuda") and not gpu:
+        why = "the CUDA extension is not built" if _ext.cuda is None else "no CUDA GPU is visible"
+        raise OutputError(f"--device {device}: {why}")
+    return torch.device(device)
+
+
+def _source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tensor | None:
+    if t.source is None:
+        return None
+    if not t.src_shape:  # 0-d source
+        return ckpt.tensor(t.source).reshape(1)
+    return ckpt.rows(t.source, s0, s1)
+
+
+class _Stream:
+    """Computes chunks into SLOTS reused buffers and writes each on a worker
+    thread; a slot is reused only after its write finished."""
+
+    def __init__(self, writer: CheckpointWriter, device: torch.device, chunk_bytes: int, threads: int | None):
+        self.writer, self.device, self.threads = writer, device, threads
+        gpu = device.type == "cuda"
+        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
+        self.pending: list[Future | None] = [None] * SLOTS
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-write")
+        self.slot = 0
+        if gpu:
+            self.stream = torch.cuda.Stream(device)
+            self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
+            self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
+            self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(SLOTS)]
+
+    def _take_slot(self) -> int:
+        k = self.slot
+        self.slot = (self.slot + 1) % SLOTS
+        if self.pending[k] is not None:
+            self.pending[k].result()  # re-raises a write error here
+        return k
+
+    def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, src: torch.Tensor | None, s0: int) -> None:
+        k = self._take_slot()
+        shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
+        dtype = DTYPES[t.dtype]
+        n = (r1 - r0) * (t.numel // t.shape[0] if t.shape and t.shape[0] else 1) if t.shape else 1
+        host_out = self.host[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+        rows = (r0, r1) if t.shape else None
+        if self.device.type == "cpu":
+            run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
+            done: Callable[[], None] = lambda: None  # noqa: E731
+        else:
+            with torch.cuda.stream(self.stream):
+                dev_src = None
+                if src is not None:
+                    nb = src.numel() * src.element_size()
+                    stage = self.staging[k][:nb].view(src.dtype).reshape(src.shape)
+                    stage.copy_(src)
+                    dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
+                    dev_src.copy_(stage, non_blocking=True)
+                dev_out = self.dev_out[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+                run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
+                host_out.copy_(dev_out, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.stream)
+            done = event.synchronize
+        self.pending[k] = self.pool.submit(self._write, done, t.name, host_out, r0)
+
+    def _write(self, done: Callable[[], None], name: str, data: torch.Tensor, r0: int) -> None:
+        done()
+        self.writer.write(name, data, row_start=r0)
+
+    def finish(self) -> None:
+        try:
+            for f in self.pending:
+                if f is not None:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
+         device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
+         base_shapes: str | Path | None = None, allow_pickle: bool = False,
+         chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int], None] | None = None,
+         **options) -> GrowReport:
+    """Grow the checkpoint at `src` into a new directory (default: beside it,
+    named after it and the width). `options` are GrowthOptions' fields.
+    `progress(nbytes, total)` is called as output bytes are computed."""
+    t_start = time.perf_counter()
+    out = Path(out) if out is not None else default_out(Path(src), to_width)
+    dev = pick_device(device)
+    with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
+        opts = GrowthOptions(to_width=to_width, **options)
+        plan = make_plan(Source.of(ckpt), opts, base_shapes)
+        protect = [*ckpt.files, Path(src)]
+        prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle)
+        planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
+        largest_row = max((t.numel // t.shape[0] if t.shape and t.shape[0] else 1) * ITEMSIZE[t.dtype]
+                          for t in plan.tensors)
+        chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
+        with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
+                              config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
+                              overwrite=overwrite, protect=protect) as writer:
+            stream = _Stream(writer, dev, chunk_bytes, threads)
+            try:
+                for t in plan.tensors:
+                    for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
+                        stream.submit(t, opts.seed, r0, r1, _source_rows(ckpt, t, s0, s1), s0)
+                        if progress:
+                            rows = t.shape[0] if t.shape else 1
+                            progress((r1 - r0) * (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype],
+                                     writer.total_size)
+            finally:
+                stream.finish()
+    return GrowReport(out, plan, str(dev), writer.total_size, time.perf_counter() - t_start)
+
+
+__all__ = ["grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]

@@ -54,6 +54,17 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return seen
 
 
+def header_sha256(path: Path) -> str:
+    """SHA-256 of a safetensors file's length prefix and header: a cheap
+    fingerprint of its layout (the data is not hashed)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        return hashlib.sha256(prefix + f.read(min(n, MAX_HEADER))).hexdigest()
+
+
 def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     """Parse and check one safetensors header; tensors come in file order."""
     try:

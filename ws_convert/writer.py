@@ -192,7 +192,7 @@ class CheckpointWriter:
             if not self.out_dir.is_dir():
                 raise OutputError(f"{self.out_dir} exists and is not a directory")
             if not self.overwrite:
-                raise OutputError(f"{self.out_dir} already exists; pass overwrite to replace it")
+                raise OutputError(f"{self.out_dir} already exists; pass --overwrite (overwrite=True) to replace it")
         if not self.out_dir.parent.is_dir():
             raise OutputError(f"{self.out_dir.parent} does not exist")
 
