@@ -82,14 +82,22 @@ def test_killed_writer_leaves_no_output_and_next_run_succeeds(tmp_path):
 
 
 def test_full_disk_simulated(tmp_path, monkeypatch):
-    def no_space(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = os.statvfs
 
-    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    def full(path):  # the disk looks full before anything is written
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, *st[5:]))
+
+    monkeypatch.setattr(os, "statvfs", full)
     with pytest.raises(OutputError, match="no space left"):
         write_ok(tmp_path / "out")
     assert sorted(tmp_path.iterdir()) == []
     monkeypatch.undo()
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # the disk fills up half-way through the data
     monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: no_space() if len(data) > 64 else len(data))
     with pytest.raises(OutputError, match="no space left"):
         write_ok(tmp_path / "out")

@@ -5,10 +5,13 @@ SZP (Mallik et al., "Warmstarting for Scaling Language Models", arXiv
 and perturb with the large model's μP initialization.
 """
 
+from ._version import __version__
+from .api import inspect, plan
+from .engine import GrowReport, grow, grow_state_dict
 from .noise import tensor_id
 from .szp import Constant, Normal, Segment, pad_maps, szp, szp_reference
+from .verify import verify
 
-__version__ = "0.1.0"
 
-__all__ = ["Constant", "Normal", "Segment", "pad_maps", "szp", "szp_reference", "tensor_id",
-           "__version__"]
+__all__ = ["Constant", "GrowReport", "Normal", "Segment", "grow", "grow_state_dict", "inspect", "pad_maps",
+           "plan", "szp", "szp_reference", "tensor_id", "verify", "__version__"]

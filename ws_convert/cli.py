@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .architectures import NAMES as ARCH_NAMES
 from .errors import WsConvertError
 from .plan import DEPTH_POLICIES, HEAD_POLICIES, Plan
@@ -248,3 +248,7 @@ def demo(width: int, seed: int) -> None:
                f"{r['plain_ms']:.1f} ms: {r['plain_ms'] / r['fused_ms']:.1f}x")
     if not (r["zero_pad_exact"] and r["same_again"]):
         raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

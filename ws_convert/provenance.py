@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError
 from .plan import GrowthOptions
 from .reader import PICKLE_SUFFIXES, Checkpoint, header_sha256

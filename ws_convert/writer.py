@@ -210,29 +210,32 @@ class CheckpointWriter:
         tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
         try:
+            self._check_space()
             self.tmp_dir.mkdir()
             for shard in self.shards:
                 fd = os.open(self.tmp_dir / shard.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 self._fds[shard.file] = fd
-                self._reserve(fd, shard)
+                os.ftruncate(fd, shard.size)
                 os.pwrite(fd, shard.header, 0)
         except BaseException as exc:
             self._abort()
             raise self._as_output_error(exc) from None
         return self
 
-    def _reserve(self, fd: int, shard: Shard) -> None:
-        """Claim the whole file now, so a full disk fails here, not mid-way."""
-        try:
-            os.posix_fallocate(fd, 0, shard.size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            os.ftruncate(fd, shard.size)
+    def _check_space(self) -> None:
+        """Fail before writing anything when the output cannot fit. (Space is
+        not reserved with fallocate: on tmpfs that zero-fills every page, and
+        a disk that fills up mid-way still fails cleanly in write().)"""
+        st = os.statvfs(self.out_dir.parent)
+        need = sum(s.size for s in self.shards)
+        have = st.f_bavail * st.f_frsize
+        if need > have:
+            raise OSError(errno.ENOSPC, f"needs {need} bytes, {have} free")
 
     def _as_output_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, OSError):
-            what = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            what = (f"no space left on the device ({exc.strerror})" if exc.errno == errno.ENOSPC
+                    else (exc.strerror or str(exc)))
             return OutputError(f"cannot write {self.out_dir}: {what}")
         return exc
 
