@@ -97,7 +97,7 @@ def test_plan_and_inspect_commands(tmp_path):
     res = runner.invoke(main, ["plan", str(tmp_path / "small"), "--to-width", "256", "--to-depth", "4"])
     assert res.exit_code == 0, res.output
     assert "width 64 -> 256" in res.output and "model.layers.3.self_attn.q_proj.bias" in res.output
-    assert "warning: parameters grow" in res.output  # 4x width and 2x depth is far past 2.5x
+    assert "warning: growth factor 8" in res.output  # 4x width and 2x depth is far past 2.5
     res = runner.invoke(main, ["plan", str(tmp_path / "small"), "--to-width", "128", "--json"])
     data = json.loads(res.output)
     assert data["target"]["width"] == 128 and data["config"]["hidden_size"] == 128

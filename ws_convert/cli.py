@@ -99,8 +99,8 @@ def plan_table(p: Plan) -> str:
         rows.append((x.name, f"{src} -> {list(x.shape)}", x.role.value, f"{x.shrink:g}", init, layout))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.append(f"parameters {human(p.params_before)} -> {human(p.params_after)} ({p.growth:.2f}x), "
-                 f"output {human(p.bytes_after)}B in {len(p.tensors)} tensors")
+    lines.append(f"parameters {human(p.params_before)} -> {human(p.params_after)} ({p.param_ratio:.2f}x), "
+                 f"growth factor {p.growth:g}, output {human(p.bytes_after)}B in {len(p.tensors)} tensors")
     lines += [f"warning: {w}" for w in p.warnings]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from .safetensors_spec import ITEMSIZE
 from .szp import Constant, Init, Normal, Segment
 
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV}
-GROWTH_WARNING = 2.5  # parameter growth beyond which warm-starting was seen to stop paying
+GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
 HEAD_POLICIES = ("heads", "head-dim")
 DEPTH_POLICIES = ("stack", "interleave", "init")
 
@@ -122,8 +122,15 @@ class Plan:
         return sum(t.numel * ITEMSIZE[t.dtype] for t in self.tensors)
 
     @property
-    def growth(self) -> float:
+    def param_ratio(self) -> float:
         return self.params_after / max(1, self.params_before)
+
+    @property
+    def growth(self) -> float:
+        """The growth factor: width ratio times depth ratio (2x wider, same
+        depth: 2.0, though the parameters grow about 4x)."""
+        depth = self.target.layers / self.source.layers if self.source.layers else 1.0
+        return self.target.width / self.source.width * depth
 
     def to_json(self) -> dict:
         """A machine-readable plan (`ws-convert plan --json`)."""
@@ -136,7 +143,7 @@ class Plan:
         return {"arch": self.arch, "source": asdict(self.source), "target": asdict(self.target),
                 "options": asdict(self.options), "params_before": self.params_before,
                 "params_after": self.params_after, "bytes_after": self.bytes_after,
-                "growth": self.growth, "layer_sources": self.layer_sources, "warnings": self.warnings,
+                "growth": self.growth, "param_ratio": self.param_ratio, "layer_sources": self.layer_sources, "warnings": self.warnings,
                 "config": self.config, "tensors": [tensor(t) for t in self.tensors]}
 
 
@@ -420,8 +427,8 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     plan = Plan(arch.name, src, dst, options, tensors, _grown_config(arch, source.config, dst, policy),
                 base_shapes, sources, warnings, sum(math.prod(s) for _, s in source.tensors.values()))
     if plan.growth > GROWTH_WARNING:
-        warnings.append(f"parameters grow {plan.growth:.1f}x; beyond about {GROWTH_WARNING}x warm-starting "
-                        "was seen to stop paying off (growth around 2x is the most reliable)")
+        warnings.append(f"growth factor {plan.growth:g} (width x depth); beyond about {GROWTH_WARNING} "
+                        "warm-starting was seen to stop paying off (around 2 is the most reliable)")
     return plan
 
 
