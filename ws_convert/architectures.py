@@ -148,7 +148,34 @@ GPT2 = Architecture(
     ffn_default=4,
 )
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, LLAMA)}
+# The bundled μP GPT (ws_convert/model.py): [out, in] Linear weights, rotary, untied readout.
+MUP_GPT = Architecture(
+    name="mup-gpt",
+    model_types=("ws_convert_gpt",),
+    keys={"width": ("width",), "ffn": ("ffn",), "heads": ("heads",), "layers": ("depth",),
+          "vocab": ("vocab_size",), "ctx": ("context",), "base_width": ("base_width",)},
+    prefixes=("",),
+    layer="{p}blocks.{i}.",
+    globals=(
+        Param("{p}wte.weight", (V, W), Role.INPUT),
+        Param("{p}ln_f.weight", (W,), Role.NORM_GAIN),
+        Param("{p}lm_head.weight", (V, W), Role.OUTPUT, fan_in=1),
+    ),
+    blocks=(
+        Param("ln1.weight", (W,), Role.NORM_GAIN),
+        Param("attn.q.weight", (Q, W), Role.HIDDEN, fan_in=1),
+        Param("attn.k.weight", (KV, W), Role.HIDDEN, fan_in=1),
+        Param("attn.v.weight", (KV, W), Role.HIDDEN, fan_in=1),
+        Param("attn.o.weight", (W, Q), Role.HIDDEN, fan_in=1),
+        Param("ln2.weight", (W,), Role.NORM_GAIN),
+        Param("fc.weight", (F, W), Role.HIDDEN, fan_in=1),
+        Param("proj.weight", (W, F), Role.HIDDEN, fan_in=1),
+    ),
+    rotary=True,
+    tie_key=None,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, LLAMA, MUP_GPT)}
 NAMES = sorted([*ARCHITECTURES, *LLAMA.aliases, "generic"])
 
 

@@ -358,6 +358,8 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     config = source.config or {}
     tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
+    # μP base shapes: the source's own, or scaled to the base width its config names
+    base_width = _config_value(config, arch.keys.get("base_width", ())) or src.width
 
     def full(p: Param, i: int | None) -> str:
         name = p.name if i is None else arch.layer + p.name
@@ -404,7 +406,8 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
         if base_file is not None and base is None:
             raise PlanError(f"{base_shapes_file}: no base shape for '{name}'")
         if base is None:
-            base = [src_shape[k] if is_infinite(a, policy) else None for k, a in enumerate(p.axes)]
+            base = [src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
+                    for k, a in enumerate(p.axes)]
         base_shapes[name] = list(base)
         fan_in = shape[p.fan_in] if p.fan_in is not None else None
         init = init_for(p.role, fan_in, base[p.fan_in] if p.fan_in is not None else None, options)

@@ -284,4 +284,12 @@ def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoi
     else:
         infos, metadata = read_header(path)
         files, tensors = [path], {i.name: i for i in infos}
-    return Checkpoint(path, files, tensors, metadata, _load_config(path.parent))
+    config = _load_config(path.parent)
+    if config is None and "config" in metadata:  # a config carried in the shards' own metadata
+        try:
+            config = json.loads(metadata["config"])
+        except ValueError as exc:
+            raise CheckpointError(files[0], f"__metadata__ config is not JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(files[0], "__metadata__ config is not a JSON object")
+    return Checkpoint(path, files, tensors, metadata, config)

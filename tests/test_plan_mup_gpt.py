@@ -1,0 +1,63 @@
+"""The bundled μP GPT as a growth source: its config rides in the
+safetensors metadata, and a grown checkpoint is again a μP GPT."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("mup")
+
+from ws_convert import grow, grow_state_dict  # noqa: E402
+from ws_convert.model import GPTConfig, base_shapes, build, load, save  # noqa: E402
+
+EXACT = dict(shrink=1.0, perturb=0.0)
+
+
+def small(width=64, depth=2, heads=4, base_width=32):
+    torch.manual_seed(0)
+    model = build(GPTConfig(width=width, depth=depth, heads=heads, base_width=base_width, zero_query=False))
+    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("policy", ["heads", "head-dim"])
+def test_grown_gpt_loads_and_runs(policy):
+    model, state = small()
+    grown, plan = grow_state_dict(state, 128, config=model.config.to_dict(), head_policy=policy, **EXACT)
+    big = build(GPTConfig.from_dict(plan.config), init=False)
+    missing, unexpected = big.load_state_dict(grown, strict=False)
+    assert not missing and not unexpected
+    assert torch.isfinite(big(torch.randint(0, 256, (2, 12)))).all()
+    assert plan.base_shapes == base_shapes(big.config)  # the planner's μP base shapes are the model's own
+    hd, hd2 = 16, 16 if policy == "heads" else 32
+    q, q2 = state["blocks.0.attn.q.weight"], grown["blocks.0.attn.q.weight"]
+    for h in range(4):
+        if policy == "heads":
+            assert torch.equal(q2[h * hd:(h + 1) * hd, :64], q[h * hd:(h + 1) * hd])
+        else:  # rotary halves land at the start of the new halves
+            assert torch.equal(q2[h * hd2: h * hd2 + 8, :64], q[h * hd: h * hd + 8])
+            assert torch.equal(q2[h * hd2 + 16: h * hd2 + 24, :64], q[h * hd + 8: (h + 1) * hd])
+
+
+def test_checkpoint_needs_no_side_files(tmp_path):
+    model, _ = small()
+    save(model, tmp_path / "model.safetensors")
+    os.remove(tmp_path / "config.json")  # the config is in the metadata too
+    report = grow(tmp_path / "model.safetensors", 128, to_depth=4, depth_policy="interleave", out=tmp_path / "big")
+    big = load(report.out)
+    assert (big.config.width, big.config.depth, big.config.heads, big.config.base_width) == (128, 4, 8, 32)
+    assert report.plan.layer_sources == [0, 0, 1, 1]
+    assert torch.isfinite(big(torch.randint(0, 256, (1, 8)))).all()
+    # μP noise scale at the target: init_std * sqrt(base_fan_in / fan_in) = 0.02 * sqrt(32 / 128)
+    fc = next(t for t in report.plan.tensors if t.name == "blocks.0.fc.weight")
+    assert fc.init.std == pytest.approx(0.01)
+
+
+def test_load_refuses_other_architectures(tmp_path):
+    from safetensors.torch import save_file
+
+    from ws_convert.errors import CheckpointError
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="not a ws_convert_gpt checkpoint"):
+        load(tmp_path / "x.safetensors")
