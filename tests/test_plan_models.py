@@ -9,6 +9,7 @@ import torch
 
 from models import FAMILIES, tiny
 from ws_convert.engine import grow_state_dict
+from ws_convert.errors import PlanError
 from ws_convert.plan import GrowthOptions, Source, make_plan
 from ws_convert.safetensors_spec import NAMES
 
@@ -174,3 +175,22 @@ def test_grown_base_shapes_work_with_mup(tmp_path):
     assert q.infshape.width_mult() == 2 and q.infshape.ninf() == 2
     emb = model.model.embed_tokens.weight
     assert emb.infshape.ninf() == 1
+
+
+def test_base_shapes_file_overrides_the_source(tmp_path):
+    from ws_convert.plan import write_base_shapes
+
+    cls, config, state = build("llama")
+    _, default = grow_state_dict(state, 128, config=config.to_dict(), **EXACT)
+    base = {k: [d // 2 if d is not None else None for d in v] for k, v in default.base_shapes.items()}
+    bsh = tmp_path / "half.bsh"
+    bsh.write_text(write_base_shapes(base))  # as if the small model had been tuned at half its width
+    _, plan = grow_state_dict(state, 128, config=config.to_dict(), base_shapes=str(bsh), **EXACT)
+    q = {t.name: t for t in plan.tensors}["model.layers.0.self_attn.q_proj.weight"]
+    q0 = {t.name: t for t in default.tensors}["model.layers.0.self_attn.q_proj.weight"]
+    assert q0.init.std == pytest.approx(0.02 * math.sqrt(64 / 128))
+    assert q.init.std == pytest.approx(0.02 * math.sqrt(32 / 128))
+    assert plan.base_shapes == base
+    bsh.write_text("model.norm.weight: [32]\n")
+    with pytest.raises(PlanError, match="no base shape for"):
+        grow_state_dict(state, 128, config=config.to_dict(), base_shapes=str(bsh))
