@@ -10,7 +10,7 @@ import math
 
 from .architectures import Role
 from .errors import PlanError
-from .plan import GrowthOptions, Plan, Sizes, Source, TensorPlan, _config_value, _out_dtype, init_for
+from .plan import GrowthOptions, Plan, Sizes, Source, TensorPlan, config_value, output_dtype, init_for
 from .szp import Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
@@ -34,7 +34,7 @@ def _role(name: str, growing: list[bool]) -> tuple[Role, int | None]:
 
 def plan_generic(source: Source, o: GrowthOptions) -> Plan:
     config = source.config or {}
-    width = _config_value(config, WIDTH_KEYS)
+    width = config_value(config, WIDTH_KEYS)
     if width is None:
         raise PlanError(f"{source.path}: --arch generic needs the width from a config.json "
                         f"({', '.join(WIDTH_KEYS)})")
@@ -42,7 +42,7 @@ def plan_generic(source: Source, o: GrowthOptions) -> Plan:
         raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
     if o.to_depth:
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
-    ffn = _config_value(config, FFN_KEYS)
+    ffn = config_value(config, FFN_KEYS)
     to_ffn = o.to_ffn or (ffn * o.to_width // width if ffn else None)
     grow = {width: o.to_width, **({ffn: to_ffn} if ffn else {})}
     tensors = []
@@ -60,10 +60,10 @@ def plan_generic(source: Source, o: GrowthOptions) -> Plan:
         init = init_for(role, out_shape[fan_in] if fan_in is not None else None,
                         base[fan_in] if fan_in is not None else None, o)
         shrink, perturb = (1.0, 0.0) if role == Role.BUFFER else (o.shrink, o.perturb)
-        tensors.append(TensorPlan(name, name, shape, out_shape, _out_dtype(dtype, o.dtype), role,
+        tensors.append(TensorPlan(name, name, shape, out_shape, output_dtype(dtype, o.dtype), role,
                                   tuple((Segment(0, 0, d),) if d else () for d in shape), shrink, perturb, init,
                                   name, "generic" if any(growing) else "unchanged, copied"))
-    heads = _config_value(config, ("num_attention_heads", "n_head")) or 1
+    heads = config_value(config, ("num_attention_heads", "n_head")) or 1
     src = Sizes(width, ffn or 0, heads, heads, width // heads, 0)
     dst = Sizes(o.to_width, to_ffn or 0, heads, heads, o.to_width // heads, 0)
     warnings = [f"generic architecture: every axis of size {width}"

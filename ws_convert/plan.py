@@ -179,7 +179,7 @@ def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, 
                     f"give --arch ({', '.join(sorted(ARCHITECTURES))} or generic)")
 
 
-def _config_value(config: dict, keys: tuple[str, ...]) -> int | None:
+def config_value(config: dict, keys: tuple[str, ...]) -> int | None:
     for k in keys:
         if isinstance(config.get(k), int) and not isinstance(config.get(k), bool):
             return config[k]
@@ -189,7 +189,7 @@ def _config_value(config: dict, keys: tuple[str, ...]) -> int | None:
 def source_sizes(arch: Architecture, prefix: str, source: Source, options: GrowthOptions) -> Sizes:
     """Sizes from config.json or metadata, then flags, then tensor shapes."""
     config = source.config or {}
-    get = lambda key: _config_value(config, arch.keys.get(key, ()))  # noqa: E731
+    get = lambda key: config_value(config, arch.keys.get(key, ()))  # noqa: E731
     shape = lambda name: source.tensors[name.format(p=prefix)][1]  # noqa: E731
     emb = shape(arch.globals[0].name)
     width = get("width") or emb[1]
@@ -335,7 +335,7 @@ def init_for(role: Role, fan_in: int | None, base_fan_in: int | None, o: GrowthO
 
 # -- the plan -------------------------------------------------------------------
 
-def _out_dtype(src_dtype: str, option: str) -> str:
+def output_dtype(src_dtype: str, option: str) -> str:
     if option == "keep":
         return src_dtype
     return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[option]
@@ -359,7 +359,7 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
     # μP base shapes: the source's own, or scaled to the base width its config names
-    base_width = _config_value(config, arch.keys.get("base_width", ())) or src.width
+    base_width = config_value(config, arch.keys.get("base_width", ())) or src.width
 
     def full(p: Param, i: int | None) -> str:
         name = p.name if i is None else arch.layer + p.name
@@ -423,7 +423,7 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
         elif src_name != name:
             note = note or f"from {src_name}"
         tensors.append(TensorPlan(name, src_name, src_shape if src_name else None, shape,
-                                  _out_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
+                                  output_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
                                   noise_name, note))
 
     warnings = []
