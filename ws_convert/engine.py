@@ -121,7 +121,7 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tensor | None:
+def source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tensor | None:
     if t.source is None:
         return None
     if not t.src_shape:  # 0-d source
@@ -220,7 +220,7 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
             try:
                 for t in plan.tensors:
                     for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
-                        stream.submit(t, opts.seed, r0, r1, _source_rows(ckpt, t, s0, s1), s0)
+                        stream.submit(t, opts.seed, r0, r1, source_rows(ckpt, t, s0, s1), s0)
                         if progress:
                             rows = t.shape[0] if t.shape else 1
                             progress((r1 - r0) * (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype],
