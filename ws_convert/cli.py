@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 
 import click
 
@@ -136,15 +137,23 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
             click.echo(f"dry run: would write {human(p.bytes_after)}B to {target}")
         return
     bar = None
+    started = time.perf_counter()
+    state = {"done": 0, "tensor": 0, "tensors": 0}
 
-    def progress(nbytes: int, total: int) -> None:
+    def status(_: object) -> str:
+        rate = state["done"] / max(time.perf_counter() - started, 1e-9) / 1e9
+        return f"tensor {state['tensor']}/{state['tensors']}, {human(state['done'])}B, {rate:.2f} GB/s"
+
+    def progress(nbytes: int, total: int, tensor: int, tensors: int) -> None:
         nonlocal bar
         if quiet or not sys.stderr.isatty():
             return
         if bar is None:
-            bar = click.progressbar(length=total, label="growing", file=sys.stderr, show_eta=True)
+            bar = click.progressbar(length=total, label="growing", file=sys.stderr, show_eta=True,
+                                    item_show_func=status)
             bar.__enter__()
-        bar.update(nbytes)
+        state.update(done=state["done"] + nbytes, tensor=tensor, tensors=tensors)
+        bar.update(nbytes, current_item=tensor)
 
     try:
         report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,

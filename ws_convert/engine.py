@@ -196,11 +196,12 @@ class _Stream:
 def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
-         chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int], None] | None = None,
+         chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
          **options) -> GrowReport:
     """Grow the checkpoint at `src` into a new directory (default: beside it,
     named after it and the width). `options` are GrowthOptions' fields.
-    `progress(nbytes, total)` is called as output bytes are computed."""
+    `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
+    output bytes are computed."""
     t_start = time.perf_counter()
     out = Path(out) if out is not None else default_out(Path(src), to_width)
     dev = pick_device(device)
@@ -218,13 +219,13 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
                               overwrite=overwrite, protect=protect) as writer:
             stream = _Stream(writer, dev, chunk_bytes, threads)
             try:
-                for t in plan.tensors:
+                for i, t in enumerate(plan.tensors):
                     for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
                         stream.submit(t, opts.seed, r0, r1, source_rows(ckpt, t, s0, s1), s0)
                         if progress:
                             rows = t.shape[0] if t.shape else 1
                             progress((r1 - r0) * (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype],
-                                     writer.total_size)
+                                     writer.total_size, i + 1, len(plan.tensors))
             finally:
                 stream.finish()
     return GrowReport(out, plan, str(dev), writer.total_size, time.perf_counter() - t_start)
