@@ -199,6 +199,54 @@ def verify(out: str, threads: int | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--width", type=click.IntRange(2), default=128, show_default=True)
+@click.option("--depth", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--base-width", type=click.IntRange(0), default=0, help="μP base width (default: --width).")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--context", type=click.IntRange(2), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default="wsd", show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=0, help="Warm-up steps (default: 5% of --steps).")
+@click.option("--init-std", type=float, default=0.02, show_default=True)
+@click.option("--data", help="Text file or folder, or a uint16 .bin token file (default: Python's stdlib sources).")
+@click.option("--out", default="ws-convert-run", show_default=True, type=click.Path(file_okay=False))
+@click.option("--init-from", type=click.Path(exists=True), help="Start from this (grown) checkpoint.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
+@fail_cleanly
+def train(compile_: bool, **kw) -> None:
+    """Train the bundled μP GPT (from scratch, or --init-from a grown checkpoint)."""
+    from .train import TrainConfig, train as run_train
+
+    bar = None
+
+    def progress(step: int, total: int, record: dict) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():
+            if "eval_loss" in record:
+                click.echo(f"step {step}/{total}: loss {record['loss']:.4f}, held-out {record['eval_loss']:.4f}")
+            return
+        if bar is None:
+            bar = click.progressbar(length=total, label="training", file=sys.stderr, show_eta=True,
+                                    item_show_func=lambda r: r and f"loss {r['loss']:.4f}")
+            bar.__enter__()
+        bar.update(1, current_item=record)
+
+    try:
+        result = run_train(TrainConfig(compile=compile_, **kw), progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo(f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, held-out "
+               f"{result['final_eval_loss']:.4f}; wrote {kw['out']}")
+
+
 @main.command("plan")
 @click.argument("src", type=click.Path(exists=True))
 @growth_options

@@ -1,0 +1,145 @@
+"""The reference μP trainer: it learns, it is really μP, it resumes exactly,
+it continues from grown checkpoints, and it runs under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mup")
+
+from ws_convert import grow  # noqa: E402
+from ws_convert.data import DataError, batch, load  # noqa: E402
+from ws_convert.errors import WsConvertError  # noqa: E402
+from ws_convert.model import GPTConfig, build  # noqa: E402
+from ws_convert.train import TrainConfig, train  # noqa: E402
+
+TINY = dict(width=32, depth=2, heads=2, batch_size=8, context=32, lr=1e-2, eval_every=10, eval_batches=4)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> str:
+    """A small text corpus: a few stdlib modules, copied so the test reads less."""
+    import sysconfig
+
+    root = tmp_path_factory.mktemp("text")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("textwrap.py", "string.py", "fnmatch.py", "glob.py", "shlex.py"):
+        (root / name).write_bytes((stdlib / name).read_bytes())
+    return str(root)
+
+
+def test_training_on_stdlib_lowers_held_out_loss(tmp_path):
+    result = train(TrainConfig(**TINY, steps=40, out=str(tmp_path / "run")))
+    evals = [r["eval_loss"] for r in result["log"] if "eval_loss" in r]
+    assert evals[0] > 5.0 and evals[-1] < evals[0] - 1.5  # from ~ln(256) to well below
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["config.json", "log.jsonl", "loss.png", "model.safetensors", "optimizer.pt"]
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(40)) and "eval_loss" in lines[-1]
+
+
+def test_resume_continues_the_same_trajectory(tmp_path, text):
+    cfg = TrainConfig(**TINY, steps=20, data=text, checkpoint_every=10, out=str(tmp_path / "a"))
+    whole = train(cfg)["log"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, total, record):
+        if step == 13:
+            raise Stop
+
+    interrupted = replace(cfg, out=str(tmp_path / "b"))
+    with pytest.raises(Stop):
+        train(interrupted, progress=interrupt)
+    resumed = train(interrupted)["log"]
+    assert [r["step"] for r in resumed] == list(range(20))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    on_disk = [json.loads(l)["step"] for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert on_disk == list(range(20))
+
+
+def test_grown_checkpoint_trains(tmp_path, text):
+    train(TrainConfig(**TINY, steps=10, data=text, out=str(tmp_path / "small")))
+    grown = grow(tmp_path / "small" / "model.safetensors", 64, out=tmp_path / "grown")
+    result = train(TrainConfig(**{**TINY, "width": 999}, steps=10, data=text, init_from=str(grown.out),
+                               out=str(tmp_path / "warm")))
+    first = result["log"][0]
+    assert torch.isfinite(torch.tensor([first["loss"], first["eval_loss"]])).all()
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["width"] == 64  # the checkpoint's, not 999
+
+
+def test_coordinates_stay_flat_across_widths(text):
+    """mup's coordinate check: after a few steps, activation sizes do not grow with width."""
+    ds = load(text)
+    sizes = {}
+    for width in (32, 64, 128, 256):
+        torch.manual_seed(0)
+        model = build(GPTConfig(vocab_size=256, context=32, width=width, depth=2, heads=width // 16,
+                                base_width=32, zero_query=False, zero_readout=False))
+        from mup import MuAdamW
+
+        opt = MuAdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+        acts = {}
+        hooks = [model.blocks[-1].register_forward_hook(lambda m, i, o: acts.__setitem__("block", o)),
+                 model.lm_head.register_forward_hook(lambda m, i, o: acts.__setitem__("logits", o))]
+        for step in range(4):
+            x, y = batch(ds.train, 8, 32, seed=0, step=step)
+            loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model(batch(ds.train, 8, 32, seed=0, step=99)[0])
+        sizes[width] = {k: v.abs().mean().item() for k, v in acts.items()}
+        for h in hooks:
+            h.remove()
+    for key in ("block", "logits"):
+        values = [s[key] for s in sizes.values()]
+        assert max(values) / min(values) < 2.0, (key, sizes)  # 8x the width, flat within 2x
+
+
+def test_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no data"):
+        load(str(empty))
+    odd = tmp_path / "tokens.bin"
+    odd.write_bytes(b"\x01\x02\x03")
+    with pytest.raises(DataError, match="whole number of uint16"):
+        load(str(odd))
+    with pytest.raises(DataError, match="no such"):
+        load(str(tmp_path / "missing.txt"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(WsConvertError, match="not a ws_convert_gpt checkpoint"):
+        train(TrainConfig(**TINY, steps=2, init_from=str(tmp_path / "other.safetensors"), out=str(tmp_path / "o")))
+
+
+def test_token_file(tmp_path):
+    tokens = (torch.arange(5000) % 300).to(torch.int16)
+    path = tmp_path / "train.bin"
+    path.write_bytes(bytes(tokens.view(torch.uint8).tolist()))
+    ds = load(str(path))
+    assert ds.vocab_size == 300 and len(ds.train) + len(ds.val) == 5000
+
+
+def test_torchrun_two_processes_match_one(tmp_path, text):
+    cfg = dict(TINY, steps=6, data=text)
+    single = train(TrainConfig(**cfg, out=str(tmp_path / "one")))["log"]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items() if k != "eval_batches"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "ws_convert.cli", "train", *args, "--out", str(tmp_path / "two")],
+                   check=True, env=env, capture_output=True, timeout=300)
+    two = [json.loads(l) for l in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert len(two) == len(single)
+    for a, b in zip(single, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
