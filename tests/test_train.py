@@ -143,3 +143,11 @@ def test_torchrun_two_processes_match_one(tmp_path, text):
     assert len(two) == len(single)
     for a, b in zip(single, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
+
+
+def test_plot_draws_several_runs(tmp_path):
+    from ws_convert.train import plot
+
+    runs = [[{"step": s, "loss": 5 - s / 10 - k, "eval_loss": 5 - s / 10 - k} for s in range(5)] for k in (0, 1)]
+    plot(runs, ["scratch", "warm"], tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
