@@ -286,26 +286,40 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
 
 
 @main.command()
-@click.option("--width", default=1024, show_default=True, help="Source matrix size (grown to 2x).")
-@click.option("--seed", default=0, show_default=True)
-def demo(width: int, seed: int) -> None:
-    """Grow one weight matrix 2x with the fused op and check the result."""
-    from .demo import op_demo
+@click.option("--out", default="ws-convert-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", type=click.IntRange(2), default=200, show_default=True,
+              help="Training steps of each run (warm-start and scratch).")
+@click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base run directory (default: shipped).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=20, show_default=True)
+@fail_cleanly
+def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_every: int) -> None:
+    """Grow the shipped small μP model 2x, keep training it, and race it
+    against the same model trained from scratch."""
+    from .demo import run, table
 
-    if width < 2:
-        raise click.BadParameter("must be at least 2", param_hint="--width")
-    r = op_demo(width, seed=seed)
-    click.echo(f"SZP on one matrix, {r['source']} -> {r['target']} bf16, backend: {r['backend']}")
-    click.echo(f"  shrink=1, perturb=0 equals the zero-padded source: {r['zero_pad_exact']}")
-    click.echo(f"  new block std (target init std 0.02):         {r['new_block_std']:.5f}")
-    click.echo(f"  copied block vs source, correlation:          {r['copied_block_corr']:.4f}"
-               f" (expected {0.4 / (0.4**2 + 1) ** 0.5:.4f})")
-    click.echo(f"  same command, same bytes:                     {r['same_again']}")
-    click.echo(f"  fused op {r['fused_ms']:.1f} ms, plain PyTorch (zeros, assign, randn, add) "
-               f"{r['plain_ms']:.1f} ms: {r['plain_ms'] / r['fused_ms']:.1f}x")
-    if not (r["zero_pad_exact"] and r["same_again"]):
-        raise SystemExit(1)
+    bar = None
 
+    def progress(step: int, total: int, record: dict) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():
+            return
+        if bar is None or step == 1:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            bar = click.progressbar(length=total, label="  training", file=sys.stderr, show_eta=True,
+                                    item_show_func=lambda r: r and f"loss {r['loss']:.4f}")
+            bar.__enter__()
+        bar.update(1, current_item=record)
+        if step == total:
+            bar.__exit__(None, None, None)
+            bar = None
+
+    summary = run(out, steps=steps, base=base, seed=seed, device=device, eval_every=eval_every,
+                  say=click.echo, progress=progress)
+    click.echo(table(summary))
+    click.echo(f"wrote {out}/loss.png and {out}/summary.json")
 
 if __name__ == "__main__":
     main()

@@ -1,43 +1,79 @@
-"""A small demonstration of the fused op: grow one weight matrix 2x and show
-that the result is right (exact zero pad, μP-scaled noise) and fast."""
+"""`ws-convert demo`: the whole story on an embedded default, on any machine.
+
+Start from the small μP GPT shipped with the package (trained on the Python
+standard library's sources), grow it 2x in width with SZP, continue training,
+and train the same grown architecture from scratch with the same
+hyperparameters and steps. Report held-out loss at equal steps and how many
+steps each run needed to reach the scratch run's final loss.
+"""
 
 from __future__ import annotations
 
-import time
+import json
+from collections.abc import Callable
+from pathlib import Path
 
-import torch
+from .engine import grow
+from .train import TrainConfig, plot, train
 
-from . import _ext
-from .szp import Normal, pad_maps, szp
-from .noise import tensor_id
+BASE = Path(__file__).parent / "assets" / "base-w128"
+# The command that made BASE (documented in README.md):
+BASE_COMMAND = ("ws-convert train --width 128 --depth 4 --heads 4 --steps 800 --batch-size 16 --context 128 "
+                "--lr 1e-2 --seed 0 --eval-every 100 --out base-w128")
 
 
-def op_demo(width: int = 1024, std: float = 0.02, seed: int = 0) -> dict:
-    """Grow a (width, width) bf16 matrix to (2 width, 2 width); returns the figures."""
-    small = (torch.randn(width, width, generator=torch.Generator().manual_seed(seed)) * std).to(torch.bfloat16)
-    big = (2 * width, 2 * width)
-    maps, tid = pad_maps(small.shape), tensor_id("demo.weight")
-    exact = szp(small, big, maps, shrink=1.0, perturb=0.0, tid=tid)
-    padded = torch.zeros(big, dtype=torch.bfloat16)
-    padded[:width, :width] = small
+def steps_to_reach(log: list[dict], target: float) -> int | None:
+    """The first evaluated step (counted from 1) whose held-out loss is at most `target`."""
+    return next((r["step"] + 1 for r in log if "eval_loss" in r and r["eval_loss"] <= target), None)
 
-    t = time.perf_counter()
-    grown = szp(small, big, maps, shrink=0.4, perturb=1.0, init=Normal(std), seed=seed, tid=tid)
-    fused_s = time.perf_counter() - t
-    t = time.perf_counter()
-    plain = torch.zeros(big, dtype=torch.bfloat16)
-    plain[:width, :width] = small * 0.4
-    plain += std * torch.randn(big, dtype=torch.bfloat16)
-    plain_s = time.perf_counter() - t
 
-    g = grown.float()
-    return {
-        "backend": f"C++ ({_ext.cpu.isa()})" if _ext.cpu is not None else "PyTorch reference",
-        "source": tuple(small.shape), "target": big,
-        "zero_pad_exact": bool(torch.equal(exact.view(torch.int16), padded.view(torch.int16))),
-        "new_block_std": g[width:, width:].std().item(),
-        "copied_block_corr": torch.corrcoef(torch.stack([g[:width, :width].flatten(),
-                                                         small.float().flatten()]))[0, 1].item(),
-        "fused_ms": fused_s * 1e3, "plain_ms": plain_s * 1e3,
-        "same_again": bool(torch.equal(grown, szp(small, big, maps, init=Normal(std), seed=seed, tid=tid))),
+def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Path | None = None,
+        seed: int = 0, device: str = "auto", eval_every: int = 20, lr: float = 1e-2,
+        say: Callable[[str], None] = print, progress=None) -> dict:
+    """Run the demo; returns (and writes to out/summary.json) the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = Path(base) if base else BASE
+    config = json.loads((base / "config.json").read_text())
+    to_width = 2 * config["width"]
+    say(f"1/3 grow {base} (width {config['width']}) to width {to_width} with SZP")
+    grown = grow(base / "model.safetensors", to_width, out=out / "grown", overwrite=True, device="cpu")
+    common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, device=device,
+                  eval_every=eval_every, eval_batches=8)
+    say(f"2/3 continue training the grown model for {steps} steps")
+    warm = train(TrainConfig(**common, init_from=str(grown.out), out=str(out / "warm")), progress=progress)
+    g = json.loads((grown.out / "config.json").read_text())
+    say(f"3/3 train the same architecture from scratch for {steps} steps, same hyperparameters")
+    scratch = train(TrainConfig(**common, width=g["width"], depth=g["depth"], heads=g["heads"],
+                                base_width=g["base_width"], init_std=g["init_std"], out=str(out / "scratch")),
+                    progress=progress)
+    plot([scratch["log"], warm["log"]], ["scratch", "warm-start (SZP)"], out / "loss.png")
+    target = scratch["final_eval_loss"]
+    summary = {
+        "steps": steps,
+        "base": str(base), "base_width": config["width"], "width": to_width,
+        "base_steps": sum(1 for _ in (base / "log.jsonl").open()) if (base / "log.jsonl").is_file() else None,
+        "scratch_final_eval_loss": scratch["final_eval_loss"],
+        "warm_final_eval_loss": warm["final_eval_loss"],
+        "scratch_steps_to_scratch_final": steps_to_reach(scratch["log"], target),
+        "warm_steps_to_scratch_final": steps_to_reach(warm["log"], target),
+        "eval": [{"step": a["step"] + 1, "scratch": a["eval_loss"], "warm": b["eval_loss"]}
+                 for a, b in zip(scratch["log"], warm["log"]) if "eval_loss" in a and "eval_loss" in b],
     }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The demo's report as text."""
+    lines = [f"held-out loss (nats/byte), width {summary['base_width']} -> {summary['width']}, "
+             f"{summary['steps']} steps each", f"{'step':>6}  {'scratch':>8}  {'warm-start':>10}"]
+    lines += [f"{r['step']:>6}  {r['scratch']:>8.4f}  {r['warm']:>10.4f}" for r in summary["eval"]]
+    warm_steps = summary["warm_steps_to_scratch_final"]
+    reach = (f"{warm_steps} step{'s' if warm_steps > 1 else ''} ({warm_steps / summary['steps']:.1%} of "
+             f"scratch's {summary['steps']})" if warm_steps else "not within the run")
+    lines.append(f"steps to reach scratch's final loss {summary['scratch_final_eval_loss']:.4f}: warm-start {reach}")
+    if summary.get("base_steps"):
+        lines.append(f"(the base model trained {summary['base_steps']} steps at width {summary['base_width']}, "
+                     f"about a quarter of the compute per step of width {summary['width']})")
+    return "\n".join(lines)
