@@ -67,7 +67,7 @@ def row_chunks(t: TensorPlan, chunk_bytes: int) -> Iterator[tuple[int, int, int,
         yield 0, 1, 0, 1
         return
     rows = t.shape[0]
-    row_bytes = max(1, (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype])
+    row_bytes = max(1, t.row_numel * ITEMSIZE[t.dtype])
     step = max(1, chunk_bytes // row_bytes)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -157,7 +157,7 @@ class _Stream:
         k = self._take_slot()
         shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
         dtype = DTYPES[t.dtype]
-        n = (r1 - r0) * (t.numel // t.shape[0] if t.shape and t.shape[0] else 1) if t.shape else 1
+        n = (r1 - r0) * t.row_numel
         host_out = self.host[k][: n * dtype.itemsize].view(dtype).reshape(shape)
         rows = (r0, r1) if t.shape else None
         if self.device.type == "cpu":
@@ -211,8 +211,7 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         protect = [*ckpt.files, Path(src)]
         prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle)
         planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
-        largest_row = max((t.numel // t.shape[0] if t.shape and t.shape[0] else 1) * ITEMSIZE[t.dtype]
-                          for t in plan.tensors)
+        largest_row = max(t.row_numel * ITEMSIZE[t.dtype] for t in plan.tensors)
         chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
         with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
                               config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
@@ -223,8 +222,7 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
                     for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
                         stream.submit(t, opts.seed, r0, r1, source_rows(ckpt, t, s0, s1), s0)
                         if progress:
-                            rows = t.shape[0] if t.shape else 1
-                            progress((r1 - r0) * (t.numel // rows if rows else 0) * ITEMSIZE[t.dtype],
+                            progress((r1 - r0) * t.row_numel * ITEMSIZE[t.dtype],
                                      writer.total_size, i + 1, len(plan.tensors))
             finally:
                 stream.finish()

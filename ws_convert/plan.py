@@ -96,6 +96,11 @@ class TensorPlan:
         return math.prod(self.shape)
 
     @property
+    def row_numel(self) -> int:
+        """Elements per row along axis 0 (a 0-d tensor is one row of one)."""
+        return math.prod(self.shape[1:])
+
+    @property
     def noise_std(self) -> float:
         return self.init.std * self.perturb if isinstance(self.init, Normal) else 0.0
 
