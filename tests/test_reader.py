@@ -163,3 +163,12 @@ def test_unknown_tensor_and_bad_rows(tmp_path):
     assert err.value.tensor == "zzz"
     with pytest.raises(CheckpointError, match="outside its 4 rows"):
         ckpt.rows("a", 2, 5)
+
+
+def test_zero_size_tensor_with_unaddressable_shape(tmp_path):
+    """Found by the fuzzer: zero elements, but strides past int64."""
+    header = {"c": {"dtype": "F32", "shape": [0, 326364125, 28260986213], "data_offsets": [0, 0]}}
+    path = write_raw(tmp_path / "z.safetensors", header)
+    with pytest.raises(CheckpointError, match="too large to address") as err:
+        open_checkpoint(path)
+    assert err.value.tensor == "c"

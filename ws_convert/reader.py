@@ -100,6 +100,8 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
             raise CheckpointError(path, f"unknown or unsupported dtype {dtype!r}", name)
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise CheckpointError(path, f"shape {shape!r} is not a list of non-negative integers", name)
+        if math.prod(max(d, 1) for d in shape) >= 2**63:  # strides would overflow, even with a zero dim
+            raise CheckpointError(path, f"shape {shape} is too large to address", name)
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
             raise CheckpointError(path, f"data_offsets {offsets!r} are not [begin, end]", name)
