@@ -26,7 +26,7 @@ inline SZPArgs args_from(const py::dict& kw) {
   static const char* const known[] = {
       "out_ptr", "out_nbytes", "out_dtype", "out_shape", "row_start", "row_stop",
       "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps",
-      "shrink", "noise_scale", "constant", "noise", "seed", "tid"};
+      "shrink", "noise_scale", "constant", "constant_src", "noise", "seed", "tid"};
   for (const auto& item : kw) {
     const std::string key = py::cast<std::string>(item.first);
     bool ok = false;
@@ -61,6 +61,7 @@ inline SZPArgs args_from(const py::dict& kw) {
   a.shrink = get("shrink").cast<float>();
   a.noise_scale = get("noise_scale").cast<float>();
   a.constant = get("constant").cast<float>();
+  a.constant_src = get("constant_src").cast<float>();
   a.noise = get("noise").cast<bool>();
   a.seed = get("seed").cast<uint64_t>();
   a.tid = get("tid").cast<uint64_t>();

@@ -94,15 +94,19 @@ template <DType S, DType O>
 void chunk(const SZPCall& c, int64_t e0, int64_t e1) {
   using T = typename Storage<O>::type;
   alignas(64) float buf[kChunk + 8];
+  alignas(64) float src_buf[kChunk + 8];  // constant init: what lands on source elements
   const int64_t b0 = e0 >> 2;
   float scale = c.noise_scale;
+  const float* add = buf + (e0 - 4 * b0);
+  const float* add_src = add;
   if (c.noise) {
     fill_noise(static_cast<uint64_t>(b0), ((e1 + 3) >> 2) - b0, c.tid, c.seed, buf);
   } else {  // constant init: add f32(perturb * c) = 1 * constant
     std::fill(buf, buf + (e1 - 4 * b0), c.constant);
+    std::fill(src_buf, src_buf + (e1 - 4 * b0), c.constant_src);
+    add_src = src_buf + (e0 - 4 * b0);
     scale = 1.0f;
   }
-  const float* add = buf + (e0 - 4 * b0);
   const float az = c.shrink * 0.0f;  // the shrunk zero of padded positions
   const int64_t es = dtype_size(S);
   T* out = static_cast<T*>(c.out) + (e0 - c.begin);
@@ -118,7 +122,7 @@ void chunk(const SZPCall& c, int64_t e0, int64_t e1) {
       const int64_t k = p - c0;
       if (row != kNoRow && run->src >= 0) {
         const char* sp = static_cast<const char*>(c.src) + (row + run->src + (p - run->begin)) * es;
-        combine_run<S, O>(out + k, sp, add + k, q - p, c.shrink, scale);
+        combine_run<S, O>(out + k, sp, add_src + k, q - p, c.shrink, scale);
       } else {
         init_run<O>(out + k, add + k, q - p, az, scale);
       }
@@ -126,6 +130,7 @@ void chunk(const SZPCall& c, int64_t e0, int64_t e1) {
     }
     out += c1 - c0;
     add += c1 - c0;
+    add_src += c1 - c0;
     e += c1 - c0;
   }
 }

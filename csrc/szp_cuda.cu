@@ -32,7 +32,7 @@ struct Params {
   const int64_t* col_src;  // per column, or -1
   const int32_t* group;    // per column: see kGroupMixed
   int64_t begin, end, base, cols, first_row, num_rows;
-  float shrink, scale, constant;
+  float shrink, scale, constant, constant_src;
   bool noise;
   uint64_t seed, tid;
 };
@@ -127,22 +127,25 @@ __global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
   const int32_t group = whole && c + kPerThread <= p.cols ? p.group[c] : kGroupMixed;
   if (group != kGroupMixed) {  // the common case: one row, one run of columns
     float x[kPerThread];
-    if (row != kNoRow && group >= 0)
-      load8<S>(p.src, row + group, p.shrink, x);
+    const bool mapped = row != kNoRow && group >= 0;
+    if (mapped) load8<S>(p.src, row + group, p.shrink, x);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
-      if (row == kNoRow || group < 0) x[k] = az;
-      v[k] = x[k] + p.scale * add[k];
+      if (!mapped) x[k] = az;
+      v[k] = x[k] + p.scale * (mapped && !p.noise ? p.constant_src : add[k]);
     }
   } else {
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
-      float x = az;
+      float x = az, n = add[k];
       if (g0 + k >= p.begin && g0 + k < p.end) {
         const int64_t col = p.col_src[c];
-        if (row != kNoRow && col >= 0) x = p.shrink * load_f32<S>(p.src, row + col);
+        if (row != kNoRow && col >= 0) {
+          x = p.shrink * load_f32<S>(p.src, row + col);
+          if (!p.noise) n = p.constant_src;
+        }
       }
-      v[k] = x + p.scale * add[k];
+      v[k] = x + p.scale * n;
       if (++c == p.cols) {  // next row
         c = 0;
         row = row_at(p, ++r);
@@ -221,6 +224,7 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
   p.noise = call.noise;
   p.scale = call.noise ? call.noise_scale : 1.0f;
   p.constant = call.constant;
+  p.constant_src = call.constant_src;
   p.seed = call.seed;
   p.tid = call.tid;
 

@@ -97,6 +97,7 @@ SZPCall make_call(const SZPArgs& a) {
   c.shrink = a.shrink;
   c.noise_scale = a.noise_scale;
   c.constant = a.constant;
+  c.constant_src = a.constant_src;
   c.noise = a.noise;
   c.seed = a.seed;
   c.tid = a.tid;

@@ -27,6 +27,7 @@ struct SZPArgs {
   int64_t src_row_start = 0;       // first source row the buffer holds
   std::vector<std::vector<Segment>> maps;  // one segment list per axis
   float shrink = 0.f, noise_scale = 0.f, constant = 0.f;
+  float constant_src = 0.f;  // constant init: added instead where a source element lands
   bool noise = true;  // false: constant init, add `constant` instead of noise
   uint64_t seed = 0, tid = 0;
 };
@@ -51,7 +52,7 @@ struct SZPCall {
   int64_t first_row = 0;
   std::vector<int64_t> row_src;  // source offset of each row, or kNoRow
   std::vector<ColumnRun> runs;   // sorted, covering [0, cols)
-  float shrink = 0.f, noise_scale = 0.f, constant = 0.f;
+  float shrink = 0.f, noise_scale = 0.f, constant = 0.f, constant_src = 0.f;
   bool noise = true;
   uint64_t seed = 0, tid = 0;
 

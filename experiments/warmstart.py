@@ -4,7 +4,7 @@ a markdown table and a plot under --out (docs/results by default):
 
     python experiments/warmstart.py scale     # warm-start vs scratch at growth 2x and 4x
     python experiments/warmstart.py lr-sweep  # μTransfer: best lr at base width, target scratch, target warm
-    python experiments/warmstart.py ablate    # shrink in {0.2, 0.4, 0.6, 1.0}; perturb 0 vs 1
+    python experiments/warmstart.py ablate    # shrink in {0.2, 0.4, 0.6, 1.0}; perturb 0 vs 1; norms shrunk vs copied
 
 Every run starts from the same base: `--base` (default: the model shipped in
 ws_convert/assets), grown with ws_convert.grow, then trained with
@@ -102,6 +102,7 @@ def ablate(a) -> str:
     base_w = json.loads((a.base / "config.json").read_text())["width"]
     variants = {f"shrink {s:g}": dict(shrink=s) for s in (0.2, 0.4, 0.6, 1.0)}
     variants["perturb 0 (shrink 0.4)"] = dict(perturb=0.0)
+    variants["norms copied (shrink 0.4)"] = dict(norms="copy")
     rows, logs = [], []
     for label, opts in variants.items():
         res = [run_one(a.work, f"warm-{label.replace(' ', '_')}-s{s}", a.base, 2 * base_w, s, a.steps, a.lr, **opts)

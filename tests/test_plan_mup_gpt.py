@@ -61,3 +61,23 @@ def test_load_refuses_other_architectures(tmp_path):
     save_file({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="not a ws_convert_gpt checkpoint"):
         load(tmp_path / "x.safetensors")
+
+
+def test_norms_copy_keeps_old_gains_and_starts_new_units_at_one():
+    model, state = small()
+    with torch.no_grad():
+        for name, t in state.items():
+            if "ln" in name:
+                t.uniform_(0.5, 1.5)  # trained-looking gains, not all ones
+    shrunk, _ = grow_state_dict(state, 128, config=model.config.to_dict())
+    copied, plan = grow_state_dict(state, 128, config=model.config.to_dict(), norms="copy")
+    gains = [t for t in plan.tensors if t.role.value == "norm_gain"]
+    assert gains and all(t.shrink == 1.0 and "copied" in t.note for t in gains)
+    for t in gains:
+        old = state[t.name]
+        assert torch.equal(copied[t.name][:64], old)
+        assert torch.equal(copied[t.name][64:], torch.ones(64))
+        assert torch.equal(shrunk[t.name][:64], 0.4 * old + 1)
+    for name in copied:  # every other tensor: the same bytes as the default
+        if name not in {t.name for t in gains}:
+            assert torch.equal(copied[name], shrunk[name]), name

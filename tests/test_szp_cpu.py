@@ -23,7 +23,8 @@ def test_random_cases_match_reference(case, src_dtype):
     rng = random.Random(case * 7919 + DTYPES.index(src_dtype))
     src, out_shape, maps = random_case(rng, src_dtype, tiny=case % 3 == 0)
     out_dtype = rng.choice(DTYPES)
-    init = Normal(rng.choice([0.02, 1.0, 0.37])) if rng.random() < 0.8 else Constant(rng.choice([0.0, 1.0]))
+    init = (Normal(rng.choice([0.02, 1.0, 0.37])) if rng.random() < 0.7
+            else Constant(rng.choice([0.0, 1.0]), on_source=rng.choice([None, 0.0, 0.25])))
     kw = dict(shrink=rng.choice([0.4, 1.0, 0.0, 0.73]), perturb=rng.choice([1.0, 0.5, 0.0]),
               init=init, seed=rng.randrange(2**64), tid=rng.randrange(2**64), out_dtype=out_dtype,
               threads=rng.choice([1, 2]))
@@ -99,6 +100,25 @@ def test_shrink_zero_is_pure_init(dtype):
     assert fresh.float().std().item() == pytest.approx(0.02, rel=0.2)
     ones = szp(src, (12, 20), pad_maps(src.shape), shrink=0.0, init=Constant(1.0), tid=4, backend="cpu")
     assert torch.equal(ones.float(), torch.ones(12, 20))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_on_source_copies_old_units(backend, dtype):
+    """Norm gains copied: shrink 1 and nothing added over the source, the
+    constant init only on new units; chunked rows give the same bytes."""
+    src = (1.0 + 0.1 * random_tensor((5, 7), torch.float32, 12)).to(dtype)
+    maps = [[Segment(0, 0, 3), Segment(6, 3, 2)], [Segment(0, 0, 7)]]
+    kw = dict(shrink=1.0, init=Constant(1.0, on_source=0.0), tid=tensor_id("g"), backend=backend)
+    out = szp(src, (9, 11), maps, **kw)
+    landed = torch.zeros(9, 11, dtype=torch.bool)
+    landed[[0, 1, 2, 6, 7], :7] = True
+    assert torch.equal(out[landed], src.reshape(-1))
+    assert torch.equal(out[~landed].float(), torch.ones(int((~landed).sum())))
+    parts = [szp(src, (9, 11), maps, rows=(a, b), **kw) for a, b in ((0, 2), (2, 7), (7, 9))]
+    assert same_bits(torch.cat(parts), out)
+    shrunk = szp(src, (9, 11), maps, **{**kw, "shrink": 0.4, "init": Constant(1.0)})
+    assert torch.equal(shrunk[landed].float(), (0.4 * src.float() + 1).to(dtype).float().reshape(-1))
 
 
 def test_noise_is_added_over_the_copied_block():

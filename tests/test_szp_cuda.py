@@ -28,7 +28,8 @@ def on_gpu_and_cpu(src, out_shape, maps, **kw):
 def test_random_cases_match_cpu(case, src_dtype):
     rng = random.Random(case * 104729 + DTYPES.index(src_dtype))
     src, out_shape, maps = random_case(rng, src_dtype, tiny=case % 3 == 0)
-    init = Normal(rng.choice([0.02, 1.0])) if rng.random() < 0.8 else Constant(rng.choice([0.0, 1.0]))
+    init = (Normal(rng.choice([0.02, 1.0])) if rng.random() < 0.7
+            else Constant(rng.choice([0.0, 1.0]), on_source=rng.choice([None, 0.0, 0.25])))
     r0 = rng.randint(0, out_shape[0])
     r1 = rng.randint(r0, out_shape[0])
     kw = dict(shrink=rng.choice([0.4, 1.0, 0.0]), perturb=rng.choice([1.0, 0.0]), init=init,

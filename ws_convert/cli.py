@@ -13,7 +13,8 @@ import click
 from ._version import __version__
 from .architectures import NAMES as ARCH_NAMES
 from .errors import WsConvertError
-from .plan import DEPTH_POLICIES, HEAD_POLICIES, Plan
+from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, Plan, TensorPlan
+from .szp import Normal
 
 
 def fail_cleanly(fn):
@@ -51,6 +52,9 @@ def growth_options(fn):
         click.option("--depth-policy", type=click.Choice(DEPTH_POLICIES), default="stack", show_default=True),
         click.option("--shrink", type=float, default=0.4, show_default=True),
         click.option("--perturb", type=float, default=1.0, show_default=True),
+        click.option("--norms", type=click.Choice(NORM_POLICIES), default="shrink", show_default=True,
+                     help="Norm gains and biases: shrink like every tensor, or copy the old units "
+                          "(new units start at the init)."),
         click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True),
         click.option("--init-std", type=float, default=0.02, show_default=True),
         click.option("--readout-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True),
@@ -64,7 +68,7 @@ def growth_options(fn):
 
 def growth_kwargs(kw: dict) -> dict:
     """GrowthOptions fields from click's parameters."""
-    keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "shrink", "perturb", "seed",
+    keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "shrink", "perturb", "norms", "seed",
             "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads")
     return {k: kw[k] for k in keys}
 
@@ -83,20 +87,29 @@ def human(n: float) -> str:
     return f"{n:.4g}P"
 
 
+def init_text(t: TensorPlan) -> str:
+    """What a tensor without noise gets added: a constant, or 0."""
+    if isinstance(t.init, Normal) or not (t.init.value or t.init.source_value):
+        return "0"
+    if t.init.source_value == t.init.value:
+        return f"const {t.init.value * t.perturb:g}"
+    return f"const {t.init.value * t.perturb:g} (old units {t.init.source_value * t.perturb:g})"
+
+
 def plan_table(p: Plan) -> str:
     s, t = p.source, p.target
     heads = (f"heads {s.heads} -> {t.heads} (kv {s.kv_heads} -> {t.kv_heads}), "
              f"head_dim {s.head_dim} -> {t.head_dim}")
     lines = [f"{p.arch}: width {s.width} -> {t.width}, {heads}, ffn {s.ffn} -> {t.ffn}, "
              f"layers {s.layers} -> {t.layers} ({p.options.depth_policy}); "
-             f"shrink {p.options.shrink}, perturb {p.options.perturb}, seed {p.options.seed}"]
+             f"shrink {p.options.shrink}, perturb {p.options.perturb}, "
+             f"{'norms copied, ' if p.options.norms == 'copy' else ''}seed {p.options.seed}"]
     rows = [("tensor", "shape", "role", "shrink", "noise std", "layout")]
     for x in p.tensors:
         src = "new" if x.src_shape is None else str(list(x.src_shape))
         segs = max((len(a) for a in x.maps), default=0)
         layout = ", ".join(filter(None, [x.note, f"{segs} segments" if segs > 1 else ""]))
-        init = f"{x.noise_std:.4g}" if x.noise_std else (
-            f"const {x.init.value * x.perturb:g}" if hasattr(x.init, "value") and x.init.value else "0")
+        init = f"{x.noise_std:.4g}" if x.noise_std else init_text(x)
         rows.append((x.name, f"{src} -> {list(x.shape)}", x.role.value, f"{x.shrink:g}", init, layout))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -21,6 +21,8 @@ INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
 HEAD_POLICIES = ("heads", "head-dim")
 DEPTH_POLICIES = ("stack", "interleave", "init")
+NORM_POLICIES = ("shrink", "copy")
+NORM_ROLES = (Role.NORM_GAIN, Role.NORM_BIAS)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class GrowthOptions:
     depth_policy: str = "stack"
     shrink: float = 0.4
     perturb: float = 1.0
+    norms: str = "shrink"  # shrink: the operator as written; copy: old norm gains/biases copied
     seed: int = 0
     init_std: float = 0.02
     readout_init: str = "zero"
@@ -142,7 +145,8 @@ class Plan:
         def tensor(t: TensorPlan) -> dict:
             return {"name": t.name, "source": t.source, "src_shape": t.src_shape, "shape": t.shape,
                     "dtype": t.dtype, "role": t.role.value, "shrink": t.shrink, "perturb": t.perturb,
-                    "init": {"normal_std": t.init.std} if isinstance(t.init, Normal) else {"constant": t.init.value},
+                    "init": {"normal_std": t.init.std} if isinstance(t.init, Normal) else
+                            {"constant": t.init.value, "on_source": t.init.source_value},
                     "noise_std": t.noise_std, "noise_name": t.noise_name,
                     "maps": [[list(s) for s in axis] for axis in t.maps], "note": t.note}
         return {"arch": self.arch, "source": asdict(self.source), "target": asdict(self.target),
@@ -252,6 +256,8 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
         raise PlanError(f"--to-depth {layers} is smaller than the source depth {src.layers}")
     if o.depth_policy not in DEPTH_POLICIES:
         raise PlanError(f"--depth-policy must be one of {', '.join(DEPTH_POLICIES)}")
+    if o.norms not in NORM_POLICIES:
+        raise PlanError(f"--norms must be one of {', '.join(NORM_POLICIES)}")
     if o.depth_policy in ("stack", "interleave") and layers % src.layers:
         raise PlanError(f"--depth-policy {o.depth_policy} repeats the {src.layers} source layers, so "
                         f"--to-depth must be a multiple of {src.layers} (got {layers}); or use init")
@@ -423,6 +429,8 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
         shrink, perturb = options.shrink, options.perturb
         if p.role == Role.BUFFER:
             shrink, perturb, note = 1.0, 0.0, "buffer, copied"
+        elif p.role in NORM_ROLES and options.norms == "copy":
+            shrink, init, note = 1.0, Constant(init.value, on_source=0.0), "copied, new units at init"
         if src_name is None:
             note = "new layer, pure init"
         elif src_name != name:

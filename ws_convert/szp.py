@@ -48,9 +48,17 @@ class Normal:
 
 @dataclass(frozen=True)
 class Constant:
-    """A constant init (1 for norm gains, 0 for biases)."""
+    """A constant init (1 for norm gains, 0 for biases). `on_source`, when
+    given, is added instead where a source element lands: with shrink 1 and
+    on_source 0 the old units are copied and only the new ones start at
+    `value` (norm gains copied, DESIGN.md section 2's per-role override)."""
 
     value: float
+    on_source: float | None = None
+
+    @property
+    def source_value(self) -> float:
+        return self.value if self.on_source is None else self.on_source
 
 
 Init = Normal | Constant
@@ -96,8 +104,9 @@ def _check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int],
 
 
 def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int],
-           maps: Sequence[AxisMap], rows: tuple[int, int], src_row_start: int) -> torch.Tensor:
-    """Float32 rows [rows) of the zero-padded source (0 where nothing lands)."""
+           maps: Sequence[AxisMap], rows: tuple[int, int], src_row_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 rows [rows) of the zero-padded source (0 where nothing lands),
+    and where something lands."""
     shape = (rows[1] - rows[0], *out_shape[1:])
     index = torch.zeros(shape, dtype=torch.int64, device=src.device)
     valid = torch.ones(shape, dtype=torch.bool, device=src.device)
@@ -117,10 +126,10 @@ def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int]
         stride *= src_shape[axis]
     flat = src.reshape(-1).to(torch.float32)
     if flat.numel() == 0:
-        return torch.zeros(shape, dtype=torch.float32, device=src.device)
+        return torch.zeros(shape, dtype=torch.float32, device=src.device), torch.zeros_like(valid)
     if bool((valid & (index >= flat.numel())).any()):
         raise ValueError("the segments read source rows outside the source buffer")
-    return torch.where(valid, flat[index.clamp(max=flat.numel() - 1)], 0.0)
+    return torch.where(valid, flat[index.clamp(max=flat.numel() - 1)], 0.0), valid
 
 
 def _store(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -140,16 +149,17 @@ def szp_reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out
     for d in out_shape[1:]:
         inner *= d
     begin, end = rows[0] * inner, rows[1] * inner
+    if src is None:
+        emb = torch.zeros(end - begin, dtype=torch.float32, device=device)
+        landed = torch.zeros(end - begin, dtype=torch.bool, device=device)
+    else:
+        emb, landed = (x.reshape(-1) for x in _embed(src, src_shape, out_shape, maps, rows, src_row_start))
     if isinstance(init, Normal):
         add = normal_stream(begin, end, tid, seed, device)
         scale = f32(init.std * perturb)
     else:
-        add = torch.full((end - begin,), f32(perturb * init.value), dtype=torch.float32, device=device)
+        add = torch.where(landed, f32(perturb * init.source_value), f32(perturb * init.value)).to(torch.float32)
         scale = 1.0
-    if src is None:
-        emb = torch.zeros(end - begin, dtype=torch.float32, device=device)
-    else:
-        emb = _embed(src, src_shape, out_shape, maps, rows, src_row_start).reshape(-1)
     a = torch.tensor(f32(shrink), dtype=torch.float32, device=device)
     s = torch.tensor(scale, dtype=torch.float32, device=device)
     v = a * emb + s * add
@@ -247,7 +257,8 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
         src_shape=list(src_shape or ()), src_row_start=int(src_row_start),
         maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
         shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
-        constant=0.0 if noise else f32(perturb * init.value), noise=noise,
+        constant=0.0 if noise else f32(perturb * init.value),
+        constant_src=0.0 if noise else f32(perturb * init.source_value), noise=noise,
         seed=int(seed), tid=int(tid),
     )
     if src is not None and src.numel() == 0:
