@@ -19,4 +19,5 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("args"), py::arg("stream") = 0,
       "Enqueue one SZP call on a CUDA stream; `args` holds device addresses, shapes and knobs.");
   m.def("device_name", &ws::cuda_device_name);
+  m.def("device_count", &ws::cuda_device_count, "CUDA devices usable here (0 without driver or GPU).");
 }

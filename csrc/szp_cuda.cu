@@ -247,4 +247,13 @@ std::string cuda_device_name() {
   return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
 }
 
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
 }  // namespace ws

@@ -16,4 +16,8 @@ void szp_cuda(const SZPCall& call, uintptr_t stream);
 // Name and compute capability of the current device, for reports.
 std::string cuda_device_name();
 
+// How many CUDA devices this process can use; 0 without a driver or a GPU
+// (never throws), so `--device auto` can decide without importing torch.
+int cuda_device_count();
+
 }  // namespace ws

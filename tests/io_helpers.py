@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ws_convert.safetensors_spec import DTYPES, NAMES
+from ws_convert.torch_dtypes import DTYPES, NAMES
 from ws_convert.writer import OutputTensor
 
 

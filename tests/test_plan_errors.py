@@ -12,7 +12,7 @@ from ws_convert.cli import main
 from ws_convert.engine import grow_state_dict
 from ws_convert.errors import PlanError
 from ws_convert.plan import GrowthOptions, Source, make_plan
-from ws_convert.safetensors_spec import NAMES
+from ws_convert.torch_dtypes import NAMES
 
 
 def source(kind="llama", config=True, **kw):

@@ -11,7 +11,7 @@ from models import FAMILIES, tiny
 from ws_convert.engine import grow_state_dict
 from ws_convert.errors import PlanError
 from ws_convert.plan import GrowthOptions, Source, make_plan
-from ws_convert.safetensors_spec import NAMES
+from ws_convert.torch_dtypes import NAMES
 
 EXACT = dict(shrink=1.0, perturb=0.0)
 

@@ -50,7 +50,7 @@ def test_raw_kernel_rejects_inconsistent_buffers():
     args = dict(out_ptr=out.data_ptr(), out_nbytes=out.numel() * 4, out_dtype="float32",
                 out_shape=[4, 4], row_start=0, row_stop=4, src_ptr=0, src_nbytes=0,
                 src_dtype="float32", src_shape=[], src_row_start=0, maps=[[], []], shrink=0.4,
-                noise_scale=0.02, constant=0.0, noise=True, seed=0, tid=0)
+                noise_scale=0.02, constant=0.0, constant_src=0.0, noise=True, seed=0, tid=0)
     _ext.cpu.szp(args, 1)  # the valid call works
     for key, value, message in [("out_nbytes", 60, "bytes"), ("out_dtype", "int8", "unsupported dtype"),
                                 ("row_stop", 5, "row range"), ("out_shape", [], "at least one axis"),

@@ -14,7 +14,7 @@ from ._version import __version__
 from .architectures import NAMES as ARCH_NAMES
 from .errors import WsConvertError
 from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, Plan, TensorPlan
-from .szp import Normal
+from .szp_spec import Normal
 
 
 def fail_cleanly(fn):

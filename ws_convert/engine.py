@@ -4,29 +4,34 @@
 The streaming path reads source rows as views of the memory-mapped input,
 computes output row chunks into a few reused buffers and hands each to a
 writer thread, so reading, computing and writing overlap and memory stays at
-a few chunks whatever the model size. On a GPU the chunks go through pinned
-host buffers and a CUDA stream.
+a few chunks whatever the model size. On the CPU it calls the compiled
+kernel on raw buffers and never imports torch (importing it takes longer
+than growing a 1 GB checkpoint); on a GPU the chunks go through pinned host
+buffers and a CUDA stream.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import _ext
 from .errors import OutputError
-from .noise import tensor_id
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import record
 from .reader import Checkpoint, open_checkpoint
-from .safetensors_spec import DTYPES, ITEMSIZE, NAMES
-from .szp import szp
+from .safetensors_spec import ITEMSIZE
+from .szp_spec import KERNEL_DTYPES, Buffer, Segment, kernel_args, tensor_id
 from .writer import CheckpointWriter, OutputTensor
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
@@ -37,6 +42,9 @@ def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tupl
                device: torch.device | str | None = None) -> torch.Tensor:
     """Output rows `rows` (default all) of one planned tensor; `src` holds the
     source rows from `src_row_start` (or is None for pure init)."""
+    from .op import szp
+    from .torch_dtypes import DTYPES
+
     return szp(src, t.shape, t.maps, shrink=t.shrink, perturb=t.perturb, init=t.init, seed=seed,
                tid=tensor_id(t.noise_name), rows=rows, src_shape=t.src_shape, src_row_start=src_row_start,
                out=out, out_dtype=DTYPES[t.dtype], threads=threads, device=device)
@@ -48,6 +56,8 @@ def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int, *, co
     """Grow an in-memory state dict (tensors on any one device); the same
     bytes as growing the same weights from files. `options` are GrowthOptions'
     fields (shrink, perturb, seed, head_policy, to_depth, ...)."""
+    from .torch_dtypes import NAMES
+
     source = Source("state_dict", {n: (NAMES[t.dtype], tuple(t.shape)) for n, t in state_dict.items()}, config)
     plan = make_plan(source, GrowthOptions(to_width=to_width, **options), base_shapes)
     grown = {}
@@ -109,19 +119,27 @@ def default_out(src: Path, to_width: int) -> Path:
     return src.parent / f"{stem}-w{to_width}"
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str) -> str:
+    """`auto` is the GPU when the CUDA module is built and sees one (torch is
+    imported only then), else the CPU."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise OutputError(f"--device must be auto, cpu or cuda, not {device!r}")
-    gpu = _ext.cuda is not None and torch.cuda.is_available()
+    if device == "cpu":
+        return device
+    why = "the CUDA extension is not built" if _ext.cuda is None else "no CUDA GPU is visible"
+    if _ext.cuda is not None and _ext.cuda.device_count() > 0:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda" if device == "auto" else device
+        why = "this torch build has no CUDA"
     if device == "auto":
-        return torch.device("cuda" if gpu else "cpu")
-    if device.startswith("cuda") and not gpu:
-        why = "the CUDA extension is not built" if _ext.cuda is None else "no CUDA GPU is visible"
-        raise OutputError(f"--device {device}: {why}")
-    return torch.device(device)
+        return "cpu"
+    raise OutputError(f"--device {device}: {why}")
 
 
 def source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tensor | None:
+    """Source rows [s0, s1) of a planned tensor as a tensor view (None: pure init)."""
     if t.source is None:
         return None
     if not t.src_shape:  # 0-d source
@@ -129,58 +147,43 @@ def source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tens
     return ckpt.rows(t.source, s0, s1)
 
 
-class _Stream:
-    """Computes chunks into SLOTS reused buffers and writes each on a worker
-    thread; a slot is reused only after its write finished."""
+def address(buf: memoryview | mmap.mmap) -> int:
+    """The address of a writable buffer (an mmap, or a view of one)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
-    def __init__(self, writer: CheckpointWriter, device: torch.device, chunk_bytes: int, threads: int | None):
-        self.writer, self.device, self.threads = writer, device, threads
-        gpu = device.type == "cuda"
-        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
+
+def kernel_dtype(dtype: str, what: str) -> str:
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{what} has dtype {dtype}; the op takes F32, BF16 or F16")
+    return KERNEL_DTYPES[dtype]
+
+
+class _Stream:
+    """Computes chunks into SLOTS reused host buffers and writes each on a
+    worker thread; a slot is reused only after its write finished. The
+    subclasses say how a chunk is computed."""
+
+    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int):
+        self.writer, self.ckpt, self.chunk_bytes = writer, ckpt, chunk_bytes
         self.pending: list[Future | None] = [None] * SLOTS
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-write")
         self.slot = 0
-        if gpu:
-            self.stream = torch.cuda.Stream(device)
-            self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
-            self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
-            self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(SLOTS)]
 
-    def _take_slot(self) -> int:
+    def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
         k = self.slot
         self.slot = (self.slot + 1) % SLOTS
         if self.pending[k] is not None:
             self.pending[k].result()  # re-raises a write error here
-        return k
+        data, done = self.compute(k, t, seed, r0, r1, s0, s1)
+        self.pending[k] = self.pool.submit(self._write, done, t.name, data, r0)
 
-    def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, src: torch.Tensor | None, s0: int) -> None:
-        k = self._take_slot()
-        shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
-        dtype = DTYPES[t.dtype]
-        n = (r1 - r0) * t.row_numel
-        host_out = self.host[k][: n * dtype.itemsize].view(dtype).reshape(shape)
-        rows = (r0, r1) if t.shape else None
-        if self.device.type == "cpu":
-            run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
-            done: Callable[[], None] = lambda: None  # noqa: E731
-        else:
-            with torch.cuda.stream(self.stream):
-                dev_src = None
-                if src is not None:
-                    nb = src.numel() * src.element_size()
-                    stage = self.staging[k][:nb].view(src.dtype).reshape(src.shape)
-                    stage.copy_(src)
-                    dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
-                    dev_src.copy_(stage, non_blocking=True)
-                dev_out = self.dev_out[k][: n * dtype.itemsize].view(dtype).reshape(shape)
-                run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
-                host_out.copy_(dev_out, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record(self.stream)
-            done = event.synchronize
-        self.pending[k] = self.pool.submit(self._write, done, t.name, host_out, r0)
+    def compute(self, k: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
+                s1: int) -> tuple[memoryview | torch.Tensor, Callable[[], None]]:
+        """Start output rows [r0, r1) of `t` in slot k; returns the host data
+        to write and what to wait for before writing it."""
+        raise NotImplementedError
 
-    def _write(self, done: Callable[[], None], name: str, data: torch.Tensor, r0: int) -> None:
+    def _write(self, done: Callable[[], None], name: str, data: memoryview | torch.Tensor, r0: int) -> None:
         done()
         self.writer.write(name, data, row_start=r0)
 
@@ -191,6 +194,85 @@ class _Stream:
                     f.result()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _nothing() -> None:
+    pass
+
+
+class _CpuStream(_Stream):
+    """The compiled CPU kernel on raw buffers: the memory-mapped source in,
+    anonymous mmap slots out. No tensors, no torch."""
+
+    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
+        super().__init__(writer, ckpt, chunk_bytes)
+        self.threads = threads or 0
+        self.slots = [mmap.mmap(-1, chunk_bytes) for _ in range(SLOTS)]
+        self.addresses = [address(m) for m in self.slots]
+
+    def compute(self, k, t, seed, r0, r1, s0, s1):
+        shape, src_shape, maps = t.shape or (1,), t.src_shape or (1,), t.maps
+        if not t.shape:  # a 0-d tensor is one row of one element
+            maps = [[Segment(0, 0, 1)] if t.source is not None else []]
+        n = (r1 - r0) * t.row_numel * ITEMSIZE[t.dtype]
+        out = Buffer(self.addresses[k], n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
+        src = None
+        if t.source is not None:
+            view = self.ckpt.buffer(t.source, s0, s1)
+            dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
+            src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
+        args = kernel_args(out, shape, (r0, r1), src, src_shape if src else None, s0, maps, shrink=t.shrink,
+                           perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
+        _ext.cpu.szp(args, self.threads)
+        return memoryview(self.slots[k])[:n], _nothing
+
+
+class _TorchStream(_Stream):
+    """Tensors through `szp()`: on a GPU via pinned host buffers and a CUDA
+    stream, or the PyTorch reference on the CPU when the extension is missing."""
+
+    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int, threads: int | None,
+                 device: str):
+        import torch
+
+        super().__init__(writer, ckpt, chunk_bytes)
+        self.device, self.threads = torch.device(device), threads
+        gpu = self.device.type == "cuda"
+        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
+        if gpu:
+            self.stream = torch.cuda.Stream(self.device)
+            self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
+            self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
+            self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(SLOTS)]
+
+    def compute(self, k, t, seed, r0, r1, s0, s1):
+        import torch
+
+        from .torch_dtypes import DTYPES
+
+        src = source_rows(self.ckpt, t, s0, s1)
+        shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
+        dtype = DTYPES[t.dtype]
+        n = (r1 - r0) * t.row_numel
+        host_out = self.host[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+        rows = (r0, r1) if t.shape else None
+        if self.device.type == "cpu":
+            run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
+            return host_out, _nothing
+        with torch.cuda.stream(self.stream):
+            dev_src = None
+            if src is not None:
+                nb = src.numel() * src.element_size()
+                stage = self.staging[k][:nb].view(src.dtype).reshape(src.shape)
+                stage.copy_(src)
+                dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
+                dev_src.copy_(stage, non_blocking=True)
+            dev_out = self.dev_out[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+            run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
+            host_out.copy_(dev_out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return host_out, event.synchronize
 
 
 def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
@@ -216,17 +298,18 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
                               config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
                               overwrite=overwrite, protect=protect) as writer:
-            stream = _Stream(writer, dev, chunk_bytes, threads)
+            stream = (_CpuStream(writer, ckpt, chunk_bytes, threads) if dev == "cpu" and _ext.cpu is not None
+                      else _TorchStream(writer, ckpt, chunk_bytes, threads, dev))
             try:
                 for i, t in enumerate(plan.tensors):
                     for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
-                        stream.submit(t, opts.seed, r0, r1, source_rows(ckpt, t, s0, s1), s0)
+                        stream.submit(t, opts.seed, r0, r1, s0, s1)
                         if progress:
                             progress((r1 - r0) * t.row_numel * ITEMSIZE[t.dtype],
                                      writer.total_size, i + 1, len(plan.tensors))
             finally:
                 stream.finish()
-    return GrowReport(out, plan, str(dev), writer.total_size, time.perf_counter() - t_start)
+    return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)
 
 
 __all__ = ["grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]

@@ -11,7 +11,7 @@ import math
 from .architectures import Role
 from .errors import PlanError
 from .plan import GrowthOptions, Plan, Sizes, Source, TensorPlan, config_value, output_dtype, init_for
-from .szp import Segment
+from .szp_spec import Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
 FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")

@@ -9,9 +9,9 @@ below is one IEEE operation, in the same order as there.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from .szp_spec import tensor_id
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
@@ -24,11 +24,6 @@ LN2 = (0.693145751953125, 1.4286068203094172e-06)
 SIN_S = (6.2831854820251465, -41.34165954589844, 81.5921401977539, -75.38105773925781)
 COS_C = (-19.739208221435547, 64.93939208984375, -85.45680236816406, 60.24126052856445,
          -26.140756607055664)
-
-
-def tensor_id(name: str) -> int:
-    """The 64-bit stream id of an output tensor: first 8 bytes (LE) of SHA-256(name)."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
 
 
 def philox4x32_10(counter: list[torch.Tensor], key: tuple[int, int]) -> list[torch.Tensor]:

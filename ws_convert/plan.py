@@ -15,7 +15,7 @@ from pathlib import Path
 from .architectures import ARCHITECTURES, Architecture, Axis, Kind, Param, Role, by_name
 from .errors import PlanError
 from .safetensors_spec import ITEMSIZE
-from .szp import Constant, Init, Normal, Segment
+from .szp_spec import Constant, Init, Normal, Segment
 
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying

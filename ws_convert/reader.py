@@ -1,24 +1,28 @@
 """Lazy reading of (sharded) safetensors checkpoints.
 
 Every header is parsed and checked before anything uses it, and tensor data is
-never copied: `Checkpoint.tensor` and `Checkpoint.rows` return views of the
-memory-mapped file. We parse headers ourselves instead of going through
+never copied: `Checkpoint.buffer` returns a memoryview of the memory-mapped
+file (no torch needed), `Checkpoint.tensor` and `Checkpoint.rows` tensors
+viewing the same memory. We parse headers ourselves instead of going through
 `safetensors.safe_open` because the engine needs zero-copy row-range views
 (safe_open hands out copies) and errors that name the file and the tensor.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError
-from .safetensors_spec import DTYPES, ITEMSIZE, MAX_HEADER, METADATA_KEY, NAMES, nbytes
+from .safetensors_spec import ITEMSIZE, MAX_HEADER, METADATA_KEY, nbytes
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -35,10 +39,6 @@ class TensorInfo:
     file: Path
     start: int  # absolute byte offset of the data in the file
     nbytes: int
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
 
     @property
     def numel(self) -> int:
@@ -164,22 +164,36 @@ class Checkpoint:
                 self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         return self._maps[file]
 
-    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) along axis 0 of a tensor, as a zero-copy view."""
+    def _row_range(self, name: str, start: int, stop: int) -> tuple[TensorInfo, tuple[int, ...], int]:
+        """The tensor's info, the shape of rows [start, stop) and their byte offset in the data."""
         info = self.info(name)
         shape = info.shape or (1,)
         if not 0 <= start <= stop <= shape[0]:
             raise CheckpointError(info.file, f"rows [{start}, {stop}) are outside its {shape[0]} rows", name)
-        inner = math.prod(shape[1:])
         out_shape = (stop - start, *shape[1:]) if info.shape else ()
+        return info, out_shape, start * math.prod(shape[1:]) * ITEMSIZE[info.dtype]
+
+    def buffer(self, name: str, start: int, stop: int) -> memoryview:
+        """The bytes of rows [start, stop) along axis 0, as a zero-copy view."""
+        info, shape, offset = self._row_range(name, start, stop)
+        size = math.prod(shape) * ITEMSIZE[info.dtype]
         if self._loaded is not None:
-            return self._loaded[name].reshape(shape)[start:stop].reshape(out_shape)
-        count = (stop - start) * inner
-        if count == 0:
-            return torch.empty(out_shape, dtype=info.torch_dtype)
-        offset = info.start + start * inner * ITEMSIZE[info.dtype]
-        flat = torch.frombuffer(self._map(info.file), dtype=info.torch_dtype, count=count, offset=offset)
-        return flat.reshape(out_shape)
+            return tensor_bytes(self._loaded[name])[offset:offset + size]
+        return memoryview(self._map(info.file))[info.start + offset:info.start + offset + size]
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) along axis 0 of a tensor, as a zero-copy view."""
+        import torch
+
+        from .torch_dtypes import DTYPES
+
+        info, shape, _ = self._row_range(name, start, stop)
+        if self._loaded is not None:
+            return self._loaded[name].reshape(info.shape or (1,))[start:stop].reshape(shape)
+        data = self.buffer(name, start, stop)
+        if not data.nbytes:
+            return torch.empty(shape, dtype=DTYPES[info.dtype])
+        return torch.frombuffer(data, dtype=DTYPES[info.dtype]).reshape(shape)
 
     def tensor(self, name: str) -> torch.Tensor:
         """A whole tensor, as a zero-copy view of its file."""
@@ -231,7 +245,19 @@ def _open_index(index: Path) -> tuple[list[Path], dict[str, TensorInfo], dict[st
     return files, tensors, metadata
 
 
+def tensor_bytes(data: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without copying."""
+    n = data.numel() * data.element_size()
+    if n == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_char * n).from_address(data.data_ptr())).cast("B")
+
+
 def _open_pickle(path: Path) -> Checkpoint:
+    import torch
+
+    from .torch_dtypes import NAMES
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle

@@ -11,21 +11,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 
-import torch
-
-# safetensors dtype name -> torch dtype, for every dtype both know.
-DTYPES: dict[str, torch.dtype] = {
-    name: getattr(torch, attr)
-    for name, attr in [
-        ("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("BF16", "bfloat16"),
-        ("I64", "int64"), ("I32", "int32"), ("I16", "int16"), ("I8", "int8"), ("U8", "uint8"),
-        ("BOOL", "bool"), ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
-        ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("C64", "complex64"),
-    ]
-    if hasattr(torch, attr)
+# Bytes per element of every dtype name the format defines that ws-convert
+# reads (torch equivalents: torch_dtypes.py).
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8,
 }
-NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
 
 # The reference implementation refuses headers over 100 MB; so do we.
 MAX_HEADER = 100_000_000

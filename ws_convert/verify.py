@@ -7,13 +7,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .engine import DEFAULT_CHUNK_BYTES, source_rows, row_chunks, run_tensor
 from .errors import CheckpointError
 from .plan import Source, make_plan
 from .provenance import fingerprint, read_options
-from .reader import open_checkpoint
+from .reader import open_checkpoint, tensor_bytes
 from .writer import PROVENANCE_NAME
 
 
@@ -64,8 +62,8 @@ def verify(out: str | Path, *, threads: int | None = None, chunk_bytes: int = DE
             for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
                 want = run_tensor(t, source_rows(src, t, s0, s1), options.seed,
                                   rows=(r0, r1) if t.shape else None, src_row_start=s0, threads=threads)
-                have = grown.rows(t.name, r0, r1) if t.shape else grown.tensor(t.name)
-                if not torch.equal(want.reshape(-1).view(torch.uint8), have.reshape(-1).view(torch.uint8)):
+                have = grown.buffer(t.name, r0, r1)
+                if tensor_bytes(want.contiguous()) != have:
                     report.differing.append(t.name)
                     break
     return report

@@ -13,7 +13,6 @@ never leaves a directory that looks complete at the target path.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -24,12 +23,14 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import OutputError
-from .reader import INDEX_NAME, SINGLE_NAME
-from .safetensors_spec import ITEMSIZE, NAMES, encode_header, nbytes
+from .reader import INDEX_NAME, SINGLE_NAME, tensor_bytes
+from .safetensors_spec import ITEMSIZE, encode_header, nbytes
+
+if TYPE_CHECKING:
+    import torch
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -122,14 +123,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _tensor_bytes(data: torch.Tensor) -> memoryview:
-    """The bytes of a contiguous CPU tensor, without copying."""
-    n = data.numel() * data.element_size()
-    if n == 0:
-        return memoryview(b"")
-    return memoryview((ctypes.c_char * n).from_address(data.data_ptr())).cast("B")
 
 
 PROVENANCE_NAME = "ws_convert.json"
@@ -241,21 +234,19 @@ class CheckpointWriter:
 
     # -- data -----------------------------------------------------------------
 
-    def write(self, name: str, data: torch.Tensor, row_start: int = 0) -> None:
-        """Write `data` (the whole tensor, or rows from `row_start` along axis 0)."""
+    def write(self, name: str, data: memoryview | torch.Tensor, row_start: int = 0) -> None:
+        """Write `data` (the whole tensor, or rows from `row_start` along axis
+        0): a contiguous CPU tensor of the planned dtype, or its raw bytes."""
         if self.tmp_dir is None:
             raise OutputError("write() outside the writer's with-block")
         try:
             shard, t = self._where[name]
         except KeyError:
             raise OutputError(f"tensor '{name}' is not in the planned output") from None
-        if data.dtype not in NAMES or NAMES[data.dtype] != t.dtype:
-            raise OutputError(f"tensor '{name}': got {data.dtype}, planned {t.dtype}")
-        if data.device.type != "cpu" or not data.is_contiguous():
-            raise OutputError(f"tensor '{name}': data must be a contiguous CPU tensor")
+        view = data.cast("B") if isinstance(data, memoryview) else self._tensor_view(name, t, data)
         rows = t.shape[0] if t.shape else 1
         row_bytes = t.nbytes // rows if rows else 0
-        size = data.numel() * data.element_size()
+        size = view.nbytes
         if row_bytes:
             n_rows, rest = divmod(size, row_bytes)
         else:
@@ -268,7 +259,6 @@ class CheckpointWriter:
             if any(b < end and begin < e for b, e in spans):
                 raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
             spans.append((begin, end))
-        view = _tensor_bytes(data)
         offset = shard.offsets[name] + begin
         try:
             while view:
@@ -276,6 +266,16 @@ class CheckpointWriter:
                 view, offset = view[done:], offset + done
         except OSError as exc:
             raise self._as_output_error(exc) from None
+
+    @staticmethod
+    def _tensor_view(name: str, t: OutputTensor, data: torch.Tensor) -> memoryview:
+        from .torch_dtypes import NAMES
+
+        if NAMES.get(data.dtype) != t.dtype:
+            raise OutputError(f"tensor '{name}': got {data.dtype}, planned {t.dtype}")
+        if data.device.type != "cpu" or not data.is_contiguous():
+            raise OutputError(f"tensor '{name}': data must be a contiguous CPU tensor")
+        return tensor_bytes(data)
 
     def missing(self) -> list[str]:
         """Tensors not yet written in full."""

@@ -1,77 +1,26 @@
 """The SZP operator on one tensor: T = shrink * embed(S) + perturb * init_T.
 
-`szp()` is the low-level fused op every higher layer calls. It runs the
-compiled CPU or CUDA kernel when present and `szp_reference()` otherwise; the
-reference is plain PyTorch and is the oracle the kernels match bit for bit.
-
-Where source elements land is described per axis by segments: source
-positions [src, src + length) of that axis go to [dst, dst + length). One
-segment per axis is a top-left zero pad; several describe heads, fused q|k|v
-projections or rotary half-splits. Everything not covered is zero before the
-noise is added.
+`szp()` is the low-level fused op on tensors. It runs the compiled CPU or
+CUDA kernel when present and `szp_reference()` otherwise; the reference is
+plain PyTorch and is the oracle the kernels match bit for bit. The
+arguments themselves (segments, inits, the kernel's record) live in
+`szp_spec`, which needs no torch.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from . import _ext
 from .noise import normal_stream
+from .szp_spec import (AxisMap, Buffer, Constant, Init, Normal, Segment, check_maps, f32, kernel_args,
+                       pad_maps)
 
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 CANONICAL_NAN = {torch.float32: (0x7FC00000, torch.int32), torch.bfloat16: (0x7FC0, torch.int16),
                  torch.float16: (0x7E00, torch.int16)}
-
-
-class Segment(NamedTuple):
-    """Source positions [src, src + length) of one axis land at [dst, dst + length)."""
-
-    dst: int
-    src: int
-    length: int
-
-
-AxisMap = Sequence[Segment]
-
-
-@dataclass(frozen=True)
-class Normal:
-    """A Gaussian μP init with this std at the target size."""
-
-    std: float
-
-
-@dataclass(frozen=True)
-class Constant:
-    """A constant init (1 for norm gains, 0 for biases). `on_source`, when
-    given, is added instead where a source element lands: with shrink 1 and
-    on_source 0 the old units are copied and only the new ones start at
-    `value` (norm gains copied, DESIGN.md section 2's per-role override)."""
-
-    value: float
-    on_source: float | None = None
-
-    @property
-    def source_value(self) -> float:
-        return self.value if self.on_source is None else self.on_source
-
-
-Init = Normal | Constant
-
-
-def pad_maps(src_shape: Sequence[int]) -> list[list[Segment]]:
-    """The top-left zero pad: every source axis lands at the start of the output axis."""
-    return [[Segment(0, 0, d)] if d else [] for d in src_shape]
-
-
-def f32(x: float) -> float:
-    """Round a Python float (double) to the nearest float32, once."""
-    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def _check_tensor(t: torch.Tensor, what: str) -> None:
@@ -81,26 +30,8 @@ def _check_tensor(t: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} must be contiguous")
 
 
-def _check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int],
-                src_shape: Sequence[int] | None) -> None:
-    """The checks the kernels make too, so the reference refuses the same input."""
-    if len(maps) != len(out_shape):
-        raise ValueError(f"expected one segment list per output axis ({len(out_shape)}), got {len(maps)}")
-    if src_shape is None:
-        if any(len(m) for m in maps):
-            raise ValueError("segments given but no source tensor")
-        return
-    if len(src_shape) != len(out_shape):
-        raise ValueError(f"source has {len(src_shape)} axes, output has {len(out_shape)}")
-    for axis, (segs, n_out, n_src) in enumerate(zip(maps, out_shape, src_shape)):
-        end = 0
-        for dst, src, length in sorted(segs):
-            if min(dst, src, length) < 0 or dst + length > n_out or src + length > n_src:
-                raise ValueError(f"axis {axis}: segment (dst={dst}, src={src}, len={length}) does not "
-                                 f"fit output size {n_out} and source size {n_src}")
-            if length and dst < end:
-                raise ValueError(f"axis {axis}: segments overlap at output position {dst}")
-            end = max(end, dst + length)
+def _buffer(t: torch.Tensor) -> Buffer:
+    return Buffer(t.data_ptr(), t.numel() * t.element_size(), DTYPES[t.dtype])
 
 
 def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int],
@@ -215,7 +146,7 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     rows = (0, out_shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= rows[0] <= rows[1] <= out_shape[0]:
         raise ValueError(f"row range {rows} is outside the output's {out_shape[0]} rows")
-    _check_maps(maps, out_shape, src_shape)
+    check_maps(maps, out_shape, src_shape)
     if not isinstance(init, (Normal, Constant)):
         raise TypeError("init must be Normal(std) or Constant(value)")
     part_shape = (rows[1] - rows[0], *out_shape[1:])
@@ -247,25 +178,14 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
 
     if out is None:
         out = torch.empty(part_shape, dtype=out_dtype, device=dev)
-    noise = isinstance(init, Normal)
-    args = dict(
-        out_ptr=out.data_ptr(), out_nbytes=out.numel() * out.element_size(),
-        out_dtype=DTYPES[out_dtype], out_shape=list(out_shape), row_start=rows[0], row_stop=rows[1],
-        src_ptr=0 if src is None or src.numel() == 0 else src.data_ptr(),
-        src_nbytes=0 if src is None else src.numel() * src.element_size(),
-        src_dtype=DTYPES[src.dtype] if src is not None else "float32",
-        src_shape=list(src_shape or ()), src_row_start=int(src_row_start),
-        maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
-        shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
-        constant=0.0 if noise else f32(perturb * init.value),
-        constant_src=0.0 if noise else f32(perturb * init.source_value), noise=noise,
-        seed=int(seed), tid=int(tid),
-    )
-    if src is not None and src.numel() == 0:
-        args["maps"] = [[] for _ in out_shape]
+    args = kernel_args(_buffer(out), out_shape, rows, None if src is None else _buffer(src), src_shape,
+                       src_row_start, maps, shrink=shrink, perturb=perturb, init=init, seed=seed, tid=tid)
     if chosen == "cpu":
         _ext.cpu.szp(args, threads or 0)
     else:
         with torch.cuda.device(dev):
             _ext.cuda.szp(args, torch.cuda.current_stream(dev).cuda_stream)
     return out
+
+
+__all__ = ["Constant", "Init", "Normal", "Segment", "AxisMap", "pad_maps", "szp", "szp_reference"]

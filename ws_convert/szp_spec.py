@@ -1,0 +1,127 @@
+"""The SZP operator's arguments as plain data, without tensors.
+
+Planning, the CLI and the file-to-file engine on CPU need only this module
+and the compiled kernel, never torch: so `ws-convert grow` starts in a tenth
+of a second instead of the two seconds importing torch takes. `op.py` runs
+the same call on tensors.
+
+Where source elements land is described per axis by segments: source
+positions [src, src + length) of that axis go to [dst, dst + length). One
+segment per axis is a top-left zero pad; several describe heads, fused q|k|v
+projections or rotary half-splits. Everything not covered is zero before the
+noise is added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# The dtypes the kernels read and write: safetensors name -> kernel name.
+KERNEL_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+class Segment(NamedTuple):
+    """Source positions [src, src + length) of one axis land at [dst, dst + length)."""
+
+    dst: int
+    src: int
+    length: int
+
+
+AxisMap = Sequence[Segment]
+
+
+@dataclass(frozen=True)
+class Normal:
+    """A Gaussian μP init with this std at the target size."""
+
+    std: float
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A constant init (1 for norm gains, 0 for biases). `on_source`, when
+    given, is added instead where a source element lands: with shrink 1 and
+    on_source 0 the old units are copied and only the new ones start at
+    `value` (norm gains copied, DESIGN.md section 2's per-role override)."""
+
+    value: float
+    on_source: float | None = None
+
+    @property
+    def source_value(self) -> float:
+        return self.value if self.on_source is None else self.on_source
+
+
+Init = Normal | Constant
+
+
+def pad_maps(src_shape: Sequence[int]) -> list[list[Segment]]:
+    """The top-left zero pad: every source axis lands at the start of the output axis."""
+    return [[Segment(0, 0, d)] if d else [] for d in src_shape]
+
+
+def f32(x: float) -> float:
+    """Round a Python float (double) to the nearest float32, once."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def tensor_id(name: str) -> int:
+    """The 64-bit stream id of an output tensor: first 8 bytes (LE) of SHA-256(name)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+
+
+def check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int], src_shape: Sequence[int] | None) -> None:
+    """The checks the kernels make too, so the reference refuses the same input."""
+    if len(maps) != len(out_shape):
+        raise ValueError(f"expected one segment list per output axis ({len(out_shape)}), got {len(maps)}")
+    if src_shape is None:
+        if any(len(m) for m in maps):
+            raise ValueError("segments given but no source tensor")
+        return
+    if len(src_shape) != len(out_shape):
+        raise ValueError(f"source has {len(src_shape)} axes, output has {len(out_shape)}")
+    for axis, (segs, n_out, n_src) in enumerate(zip(maps, out_shape, src_shape)):
+        end = 0
+        for dst, src, length in sorted(segs):
+            if min(dst, src, length) < 0 or dst + length > n_out or src + length > n_src:
+                raise ValueError(f"axis {axis}: segment (dst={dst}, src={src}, len={length}) does not "
+                                 f"fit output size {n_out} and source size {n_src}")
+            if length and dst < end:
+                raise ValueError(f"axis {axis}: segments overlap at output position {dst}")
+            end = max(end, dst + length)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """Raw memory the kernel reads or writes: an address, a size in bytes and
+    a kernel dtype name (float32, bfloat16, float16)."""
+
+    address: int
+    nbytes: int
+    dtype: str
+
+
+def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], src: Buffer | None,
+                src_shape: Sequence[int] | None, src_row_start: int, maps: Sequence[AxisMap], *,
+                shrink: float, perturb: float, init: Init, seed: int, tid: int) -> dict:
+    """The keyword record both compiled modules take (csrc/bind_args.h): the
+    float32 knobs rounded once, as DESIGN.md section 5 fixes."""
+    noise = isinstance(init, Normal)
+    if src is not None and src.nbytes == 0:  # an empty source: nothing lands
+        src, maps = None, [[] for _ in out_shape]
+    return dict(
+        out_ptr=out.address, out_nbytes=out.nbytes, out_dtype=out.dtype, out_shape=list(out_shape),
+        row_start=rows[0], row_stop=rows[1],
+        src_ptr=0 if src is None else src.address, src_nbytes=0 if src is None else src.nbytes,
+        src_dtype="float32" if src is None else src.dtype, src_shape=list(src_shape or ()),
+        src_row_start=int(src_row_start), maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
+        shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
+        constant=0.0 if noise else f32(perturb * init.value),
+        constant_src=0.0 if noise else f32(perturb * init.source_value), noise=noise,
+        seed=int(seed), tid=int(tid),
+    )
