@@ -52,6 +52,31 @@ def test_same_bytes_for_threads_shards_and_chunks(small, tmp_path):
     assert shard_data(sharded.out) == shard_data(ref.out)
 
 
+def test_native_torch_and_writeback_paths_agree(small, tmp_path, monkeypatch):
+    """The torch-free CPU stream, the PyTorch reference stream (no extension)
+    and writing with writeback left to the final fsync give the same bytes."""
+    from ws_convert import writer
+
+    src, _, _ = small
+    ref = files_bytes(grow(src, 128, out=tmp_path / "native", chunk_bytes=3000, seed=9).out)
+    monkeypatch.setattr(writer, "WRITEBACK_EARLY", False)
+    assert files_bytes(grow(src, 128, out=tmp_path / "late", chunk_bytes=3000, seed=9).out) == ref
+    monkeypatch.setattr(_ext, "cpu", None)
+    assert files_bytes(grow(src, 128, out=tmp_path / "torch", chunk_bytes=3000, seed=9).out) == ref
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_cpu_grow_never_imports_torch(small, tmp_path, device):
+    if device == "auto" and _ext.cuda is not None and _ext.cuda.device_count():
+        pytest.skip("auto picks the GPU here, which runs through torch")
+    code = ("import sys; from ws_convert.cli import main; sys.argv[0] = 'ws-convert'\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code, "grow", str(small[0]), "--to-width", "128", "-q", "--device",
+                    device, "-o", str(tmp_path / "g")], check=True)
+    assert (tmp_path / "g" / "model.safetensors").is_file()
+
+
 def test_grown_checkpoint_loads_in_transformers(small, tmp_path):
     src, cls, config = small
     report = grow(src, 128, out=tmp_path / "big", to_depth=4, shrink=1.0, perturb=0.0)
@@ -148,7 +173,9 @@ open(sys.argv[1] + "/config.json", "w").write('{"hidden_size": 4096}')
 def test_ctrl_c_leaves_nothing(tmp_path):
     subprocess.run([sys.executable, "-c", INTERRUPT, str(tmp_path)], check=True)
     out = tmp_path / "big"
-    proc = subprocess.Popen([sys.executable, "-c", "from ws_convert.cli import main; main()", "grow",
+    # a shell's background job inherits SIGINT ignored; the user's Ctrl-C is what is tested here
+    child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from ws_convert.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", child, "grow",
                              str(tmp_path / "w.safetensors"), "--to-width", "8192", "--arch", "generic", "-o",
                              str(out), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60

@@ -125,6 +125,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+WRITEBACK_EARLY = hasattr(os, "posix_fadvise") and os.environ.get("WS_CONVERT_WRITEBACK", "1") != "0"
+
 PROVENANCE_NAME = "ws_convert.json"
 CONFIG_NAME = "config.json"
 BASE_SHAPES_NAME = "base_shapes.bsh"
@@ -260,10 +262,16 @@ class CheckpointWriter:
                 raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
             spans.append((begin, end))
         offset = shard.offsets[name] + begin
+        fd = self._fds[shard.file]
         try:
             while view:
-                done = os.pwrite(self._fds[shard.file], view, offset)
+                done = os.pwrite(fd, view, offset)
                 view, offset = view[done:], offset + done
+            if WRITEBACK_EARLY:
+                # Start writing this range to the device now, so the disk works
+                # while later chunks are computed instead of all at the final
+                # fsync (and clean output pages leave the page cache).
+                os.posix_fadvise(fd, shard.offsets[name] + begin, size, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             raise self._as_output_error(exc) from None
 
