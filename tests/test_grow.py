@@ -89,11 +89,12 @@ def test_grown_checkpoint_loads_in_transformers(small, tmp_path):
     assert meta["format"] == "pt" and json.loads(meta["ws_convert"])["options"]["to_width"] == 128
 
 
-def test_file_and_memory_paths_agree(small, tmp_path):
+@pytest.mark.parametrize("norms", ["shrink", "copy"])
+def test_file_and_memory_paths_agree(small, tmp_path, norms):
     src, cls, config = small
     state = {n: open_checkpoint(src).tensor(n).clone() for n in open_checkpoint(src).tensors}
-    grown, _ = grow_state_dict(state, 128, config=config.to_dict(), seed=5)
-    report = grow(src, 128, out=tmp_path / "g", seed=5)
+    grown, _ = grow_state_dict(state, 128, config=config.to_dict(), seed=5, norms=norms)
+    report = grow(src, 128, out=tmp_path / "g", seed=5, norms=norms)
     on_disk = open_checkpoint(report.out)
     for name, t in grown.items():
         assert torch.equal(on_disk.tensor(name).view(torch.int16), t.view(torch.int16)), name

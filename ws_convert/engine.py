@@ -163,8 +163,8 @@ class _Stream:
     worker thread; a slot is reused only after its write finished. The
     subclasses say how a chunk is computed."""
 
-    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int):
-        self.writer, self.ckpt, self.chunk_bytes = writer, ckpt, chunk_bytes
+    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint):
+        self.writer, self.ckpt = writer, ckpt
         self.pending: list[Future | None] = [None] * SLOTS
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-write")
         self.slot = 0
@@ -205,7 +205,7 @@ class _CpuStream(_Stream):
     anonymous mmap slots out. No tensors, no torch."""
 
     def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
-        super().__init__(writer, ckpt, chunk_bytes)
+        super().__init__(writer, ckpt)
         self.threads = threads or 0
         self.slots = [mmap.mmap(-1, chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
@@ -235,7 +235,7 @@ class _TorchStream(_Stream):
                  device: str):
         import torch
 
-        super().__init__(writer, ckpt, chunk_bytes)
+        super().__init__(writer, ckpt)
         self.device, self.threads = torch.device(device), threads
         gpu = self.device.type == "cuda"
         self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
