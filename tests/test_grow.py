@@ -18,6 +18,7 @@ from ws_convert import _ext
 from ws_convert.cli import main
 from ws_convert.engine import grow, grow_state_dict
 from ws_convert.reader import open_checkpoint
+from ws_convert.verify import verify
 
 
 def files_bytes(directory: Path) -> dict[str, bytes]:
@@ -63,6 +64,7 @@ def test_native_torch_and_writeback_paths_agree(small, tmp_path, monkeypatch):
     assert files_bytes(grow(src, 128, out=tmp_path / "late", chunk_bytes=3000, seed=9).out) == ref
     monkeypatch.setattr(_ext, "cpu", None)
     assert files_bytes(grow(src, 128, out=tmp_path / "torch", chunk_bytes=3000, seed=9).out) == ref
+    assert verify(tmp_path / "native", chunk_bytes=3000).ok  # verify through the reference stream too
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])

@@ -158,24 +158,29 @@ def kernel_dtype(dtype: str, what: str) -> str:
     return KERNEL_DTYPES[dtype]
 
 
-class _Stream:
-    """Computes chunks into SLOTS reused host buffers and writes each on a
-    worker thread; a slot is reused only after its write finished. The
-    subclasses say how a chunk is computed."""
+# Where finished chunks go: (tensor name, host data, first row). Writing
+# them (grow) or comparing them with a file (verify).
+Sink = Callable[[str, "memoryview | torch.Tensor", int], None]
 
-    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint):
-        self.writer, self.ckpt = writer, ckpt
+
+class _Stream:
+    """Computes chunks into SLOTS reused host buffers and hands each to the
+    sink on a worker thread; a slot is reused only after its sink call
+    finished. The subclasses say how a chunk is computed."""
+
+    def __init__(self, sink: Sink, ckpt: Checkpoint):
+        self.sink, self.ckpt = sink, ckpt
         self.pending: list[Future | None] = [None] * SLOTS
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-write")
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-sink")
         self.slot = 0
 
     def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
         k = self.slot
         self.slot = (self.slot + 1) % SLOTS
         if self.pending[k] is not None:
-            self.pending[k].result()  # re-raises a write error here
+            self.pending[k].result()  # re-raises a sink error here
         data, done = self.compute(k, t, seed, r0, r1, s0, s1)
-        self.pending[k] = self.pool.submit(self._write, done, t.name, data, r0)
+        self.pending[k] = self.pool.submit(self._drain, done, t.name, data, r0)
 
     def compute(self, k: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
                 s1: int) -> tuple[memoryview | torch.Tensor, Callable[[], None]]:
@@ -183,9 +188,9 @@ class _Stream:
         to write and what to wait for before writing it."""
         raise NotImplementedError
 
-    def _write(self, done: Callable[[], None], name: str, data: memoryview | torch.Tensor, r0: int) -> None:
+    def _drain(self, done: Callable[[], None], name: str, data: memoryview | torch.Tensor, r0: int) -> None:
         done()
-        self.writer.write(name, data, row_start=r0)
+        self.sink(name, data, r0)
 
     def finish(self) -> None:
         try:
@@ -204,8 +209,8 @@ class _CpuStream(_Stream):
     """The compiled CPU kernel on raw buffers: the memory-mapped source in,
     anonymous mmap slots out. No tensors, no torch."""
 
-    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
-        super().__init__(writer, ckpt)
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
+        super().__init__(sink, ckpt)
         self.threads = threads or 0
         self.slots = [mmap.mmap(-1, chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
@@ -231,11 +236,10 @@ class _TorchStream(_Stream):
     """Tensors through `szp()`: on a GPU via pinned host buffers and a CUDA
     stream, or the PyTorch reference on the CPU when the extension is missing."""
 
-    def __init__(self, writer: CheckpointWriter, ckpt: Checkpoint, chunk_bytes: int, threads: int | None,
-                 device: str):
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None, device: str):
         import torch
 
-        super().__init__(writer, ckpt)
+        super().__init__(sink, ckpt)
         self.device, self.threads = torch.device(device), threads
         gpu = self.device.type == "cuda"
         self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
@@ -275,6 +279,29 @@ class _TorchStream(_Stream):
         return host_out, event.synchronize
 
 
+def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", threads: int | None = None,
+            chunk_bytes: int = DEFAULT_CHUNK_BYTES, tensors: list[TensorPlan] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> None:
+    """Compute `tensors` (default: all of the plan) from the source `ckpt`
+    in row chunks and hand each to `sink` on a worker thread, while the next
+    one is computed. `progress(nbytes, tensor_index)` follows the computing."""
+    tensors = plan.tensors if tensors is None else tensors
+    if not tensors:
+        return
+    largest_row = max(t.row_numel * ITEMSIZE[t.dtype] for t in tensors)
+    chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
+    stream = (_CpuStream(sink, ckpt, chunk_bytes, threads) if device == "cpu" and _ext.cpu is not None
+              else _TorchStream(sink, ckpt, chunk_bytes, threads, device))
+    try:
+        for i, t in enumerate(tensors):
+            for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
+                stream.submit(t, plan.options.seed, r0, r1, s0, s1)
+                if progress:
+                    progress((r1 - r0) * t.row_numel * ITEMSIZE[t.dtype], i)
+    finally:
+        stream.finish()
+
+
 def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
@@ -293,23 +320,14 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         protect = [*ckpt.files, Path(src)]
         prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle)
         planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
-        largest_row = max(t.row_numel * ITEMSIZE[t.dtype] for t in plan.tensors)
-        chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
         with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
                               config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
                               overwrite=overwrite, protect=protect) as writer:
-            stream = (_CpuStream(writer, ckpt, chunk_bytes, threads) if dev == "cpu" and _ext.cpu is not None
-                      else _TorchStream(writer, ckpt, chunk_bytes, threads, dev))
-            try:
-                for i, t in enumerate(plan.tensors):
-                    for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
-                        stream.submit(t, opts.seed, r0, r1, s0, s1)
-                        if progress:
-                            progress((r1 - r0) * t.row_numel * ITEMSIZE[t.dtype],
-                                     writer.total_size, i + 1, len(plan.tensors))
-            finally:
-                stream.finish()
+            count = len(plan.tensors)
+            execute(plan, ckpt, lambda name, data, r0: writer.write(name, data, row_start=r0), device=dev,
+                    threads=threads, chunk_bytes=chunk_bytes,
+                    progress=progress and (lambda n, i: progress(n, writer.total_size, i + 1, count)))
     return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)
 
 
-__all__ = ["grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]
+__all__ = ["execute", "grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]
