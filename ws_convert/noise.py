@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from .szp_spec import tensor_id
-
 MASK32 = 0xFFFFFFFF
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)

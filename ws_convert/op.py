@@ -127,7 +127,7 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     `src` holds source rows [src_row_start, src_row_start + len(src)) of a
     source tensor of shape `src_shape` (default: src's own shape), so large
     tensors can be streamed in row chunks. `tid` is the tensor's noise stream
-    (`noise.tensor_id(name)`). Returns `out` (allocated when not given) with
+    (`tensor_id(name)`). Returns `out` (allocated when not given) with
     shape (rows[1] - rows[0], *out_shape[1:]).
     """
     out_shape = tuple(int(d) for d in out_shape)
