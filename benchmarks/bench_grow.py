@@ -3,9 +3,9 @@ the raw write speed of the disk.
 
 Source: a synthetic Llama-like bf16 checkpoint (random weights, config.json)
 grown 2x in width to an output of about 1.1 GB. Contenders run as separate
-processes, alternating, best of --repeats; peak anonymous memory (RssAnon,
-sampled every few ms from /proc) is reported apart from the page cache of the
-memory-mapped input, which is not memory pressure.
+processes, alternating, best of --repeats; peak anonymous memory (RssAnon
+plus RssShmem, sampled every few ms from /proc) is reported apart from the
+page cache of the memory-mapped input, which is not memory pressure.
 
 * plain: safetensors load_file, per tensor torch.zeros + slice assign +
   torch.randn noise, save_file (the same top-left layout ws-convert uses for
@@ -94,19 +94,22 @@ def make_source(directory: Path) -> int:
 
 
 def peak_anon(cmd: list[str], env: dict | None = None) -> tuple[float, int, dict]:
-    """Wall seconds, peak RssAnon bytes and the JSON the command printed (if
-    any) of a command; RssAnon is sampled from /proc every few ms."""
+    """Wall seconds, peak anonymous memory (RssAnon + RssShmem, so shared
+    anonymous mappings count too) and the JSON the command printed (if any)
+    of a command; sampled from /proc every few ms."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     peak = 0
     while proc.poll() is None:
+        sample = {}
         try:
             for line in open(f"/proc/{proc.pid}/status"):
-                if line.startswith("RssAnon:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    sample[line[:8]] = int(line.split()[1]) * 1024
         except OSError:
             pass
+        peak = max(peak, sum(sample.values()))
         time.sleep(0.003)
     seconds = time.perf_counter() - t
     out, err = proc.communicate()

@@ -212,7 +212,9 @@ class _CpuStream(_Stream):
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
         super().__init__(sink, ckpt)
         self.threads = threads or 0
-        self.slots = [mmap.mmap(-1, chunk_bytes) for _ in range(SLOTS)]
+        # private anonymous pages: plain process memory, page-aligned, reused
+        self.slots = [mmap.mmap(-1, chunk_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                      for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
 
     def compute(self, k, t, seed, r0, r1, s0, s1):
