@@ -2,7 +2,7 @@
 the standard library's sources. Each subcommand writes its results as JSON,
 a markdown table and a plot under --out (docs/results by default):
 
-    python experiments/warmstart.py scale     # warm-start vs scratch at growth 2x and 4x
+    python experiments/warmstart.py scale     # warm-start vs scratch at growth 2x and 4x, also compute-matched
     python experiments/warmstart.py lr-sweep  # μTransfer: best lr at base width, target scratch, target warm
     python experiments/warmstart.py ablate    # shrink in {0.2, 0.4, 0.6, 1.0}; perturb 0 vs 1; norms shrunk vs copied
 
@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ws_convert import grow
+from ws_convert import grow, plan
 from ws_convert.demo import BASE, steps_to_reach
 from ws_convert.train import TrainConfig, plot, train
 
@@ -45,6 +45,22 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def flops_per_token(params: int, cfg: dict, width: int, context: int = 128) -> float:
+    """Training FLOPs per token: 6 N plus the attention scores, as
+    benchmarks/bench_train.py counts them."""
+    return 6 * params + 12 * cfg["depth"] * width * context
+
+
+def matched_steps(base: Path, width: int, steps: int) -> int:
+    """Steps at `width` that cost what the base's training plus `steps`
+    warm-started steps cost together: the fair budget for a scratch run."""
+    cfg = json.loads((base / "config.json").read_text())
+    base_steps = sum(1 for _ in (base / "log.jsonl").open())
+    p = plan(base / "model.safetensors", width)
+    ratio = flops_per_token(p.params_before, cfg, cfg["width"]) / flops_per_token(p.params_after, cfg, width)
+    return steps + round(base_steps * ratio)
+
+
 def scale(a) -> str:
     base_w = json.loads((a.base / "config.json").read_text())["width"]
     rows, logs, labels = [], [], []
@@ -52,15 +68,19 @@ def scale(a) -> str:
         w = base_w * factor
         res = {k: [run_one(a.work, f"{k}-{factor}x-s{s}", a.base, w, s, a.steps, a.lr) for s in a.seeds]
                for k in ("scratch", "warm")}
+        long = matched_steps(a.base, w, a.steps)
+        matched = [run_one(a.work, f"scratch-{factor}x-{long}steps-s{s}", a.base, w, s, long, a.lr) for s in a.seeds]
         frac = [steps_to_reach(wr["log"], sr["final_eval_loss"]) for wr, sr in zip(res["warm"], res["scratch"])]
         rows.append(f"| {factor}x ({base_w} -> {w}) | {spread([r['final_eval_loss'] for r in res['scratch']])} | "
+                    f"{long}: {spread([r['final_eval_loss'] for r in matched])} | "
                     f"{spread([r['final_eval_loss'] for r in res['warm']])} | "
                     f"{', '.join(f'{f / a.steps:.0%}' if f else 'never' for f in frac)} |")
-        logs += [res["scratch"][0]["log"], res["warm"][0]["log"]]
-        labels += [f"scratch {factor}x", f"warm {factor}x"]
+        logs += [res["scratch"][0]["log"], res["warm"][0]["log"], matched[0]["log"]]
+        labels += [f"scratch {factor}x", f"warm {factor}x", f"scratch {factor}x, {long} steps"]
     plot(logs, labels, a.out / "scale.png")
-    return ("| growth | scratch final held-out | warm final held-out | warm steps to scratch's final (per seed) |\n"
-            "|---|---|---|---|\n" + "\n".join(rows))
+    return (f"| growth | scratch final held-out ({a.steps} steps) | scratch with the warm run's total compute "
+            f"(steps: final held-out) | warm final held-out ({a.steps} steps) | "
+            "warm steps to scratch's final (per seed) |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def lr_sweep(a) -> str:
