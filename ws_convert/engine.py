@@ -25,9 +25,8 @@ from . import _ext
 from .errors import OutputError
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import record
-from .reader import Checkpoint, open_checkpoint
-from .safetensors_spec import ITEMSIZE
-from .szp_spec import KERNEL_DTYPES, Buffer, Segment, kernel_args, tensor_id
+from .reader import Checkpoint, open_checkpoint, tensor_bytes
+from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, tensor_id
 from .writer import CheckpointWriter, OutputTensor
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def row_chunks(t: TensorPlan, chunk_bytes: int) -> Iterator[tuple[int, int, int,
         yield 0, 1, 0, 1
         return
     rows = t.shape[0]
-    row_bytes = max(1, t.row_numel * ITEMSIZE[t.dtype])
+    row_bytes = max(1, t.row_bytes)
     step = max(1, chunk_bytes // row_bytes)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -158,9 +157,9 @@ def kernel_dtype(dtype: str, what: str) -> str:
     return KERNEL_DTYPES[dtype]
 
 
-# Where finished chunks go: (tensor name, host data, first row). Writing
-# them (grow) or comparing them with a file (verify).
-Sink = Callable[[str, "memoryview | torch.Tensor", int], None]
+# Where finished chunks go: (tensor name, the chunk's bytes, first row).
+# Writing them (grow) or comparing them with a file (verify).
+Sink = Callable[[str, memoryview, int], None]
 
 
 class _Stream:
@@ -183,12 +182,12 @@ class _Stream:
         self.pending[k] = self.pool.submit(self._drain, done, t.name, data, r0)
 
     def compute(self, k: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
-                s1: int) -> tuple[memoryview | torch.Tensor, Callable[[], None]]:
-        """Start output rows [r0, r1) of `t` in slot k; returns the host data
-        to write and what to wait for before writing it."""
+                s1: int) -> tuple[memoryview, Callable[[], None]]:
+        """Start output rows [r0, r1) of `t` in slot k; returns the host bytes
+        it lands in and what to wait for before they are complete."""
         raise NotImplementedError
 
-    def _drain(self, done: Callable[[], None], name: str, data: memoryview | torch.Tensor, r0: int) -> None:
+    def _drain(self, done: Callable[[], None], name: str, data: memoryview, r0: int) -> None:
         done()
         self.sink(name, data, r0)
 
@@ -218,17 +217,15 @@ class _CpuStream(_Stream):
         self.addresses = [address(m) for m in self.slots]
 
     def compute(self, k, t, seed, r0, r1, s0, s1):
-        shape, src_shape, maps = t.shape or (1,), t.src_shape or (1,), t.maps
-        if not t.shape:  # a 0-d tensor is one row of one element
-            maps = [[Segment(0, 0, 1)] if t.source is not None else []]
-        n = (r1 - r0) * t.row_numel * ITEMSIZE[t.dtype]
+        shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
+        n = (r1 - r0) * t.row_bytes
         out = Buffer(self.addresses[k], n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
         src = None
         if t.source is not None:
             view = self.ckpt.buffer(t.source, s0, s1)
             dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
             src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
-        args = kernel_args(out, shape, (r0, r1), src, src_shape if src else None, s0, maps, shrink=t.shrink,
+        args = kernel_args(out, shape, (r0, r1), src, src_shape, s0, maps, shrink=t.shrink,
                            perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
         _ext.cpu.szp(args, self.threads)
         return memoryview(self.slots[k])[:n], _nothing
@@ -264,7 +261,7 @@ class _TorchStream(_Stream):
         rows = (r0, r1) if t.shape else None
         if self.device.type == "cpu":
             run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
-            return host_out, _nothing
+            return tensor_bytes(host_out), _nothing
         with torch.cuda.stream(self.stream):
             dev_src = None
             if src is not None:
@@ -278,7 +275,7 @@ class _TorchStream(_Stream):
             host_out.copy_(dev_out, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.stream)
-        return host_out, event.synchronize
+        return tensor_bytes(host_out), event.synchronize
 
 
 def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", threads: int | None = None,
@@ -290,7 +287,7 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
     tensors = plan.tensors if tensors is None else tensors
     if not tensors:
         return
-    largest_row = max(t.row_numel * ITEMSIZE[t.dtype] for t in tensors)
+    largest_row = max(t.row_bytes for t in tensors)
     chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
     stream = (_CpuStream(sink, ckpt, chunk_bytes, threads) if device == "cpu" and _ext.cpu is not None
               else _TorchStream(sink, ckpt, chunk_bytes, threads, device))
@@ -299,7 +296,7 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
             for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
                 stream.submit(t, plan.options.seed, r0, r1, s0, s1)
                 if progress:
-                    progress((r1 - r0) * t.row_numel * ITEMSIZE[t.dtype], i)
+                    progress((r1 - r0) * t.row_bytes, i)
     finally:
         stream.finish()
 

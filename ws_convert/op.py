@@ -15,8 +15,8 @@ import torch
 
 from . import _ext
 from .noise import normal_stream
-from .szp_spec import (AxisMap, Buffer, Constant, Init, Normal, Segment, check_maps, f32, kernel_args,
-                       pad_maps)
+from .szp_spec import (AxisMap, Buffer, Constant, Init, Normal, Segment, as_rows, check_maps, f32,
+                       kernel_args, pad_maps)
 
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 CANONICAL_NAN = {torch.float32: (0x7FC00000, torch.int32), torch.bfloat16: (0x7FC0, torch.int16),
@@ -136,8 +136,8 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
         src_shape = tuple(src.shape) if src_shape is None else tuple(int(d) for d in src_shape)
     else:
         src_shape = None
-    if not out_shape:  # a 0-d tensor is one row of one element
-        maps = [[Segment(0, 0, 1)]] if src is not None else [[]]
+    if not out_shape:
+        _, _, maps = as_rows(out_shape, src_shape, maps)
         res = szp(None if src is None else src.reshape(1), (1,), maps, shrink=shrink,
                   perturb=perturb, init=init, seed=seed, tid=tid, src_row_start=0,
                   out=None if out is None else out.reshape(1), out_dtype=out_dtype,

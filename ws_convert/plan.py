@@ -104,6 +104,11 @@ class TensorPlan:
         return math.prod(self.shape[1:])
 
     @property
+    def row_bytes(self) -> int:
+        """Output bytes per row along axis 0."""
+        return self.row_numel * ITEMSIZE[self.dtype]
+
+    @property
     def noise_std(self) -> float:
         return self.init.std * self.perturb if isinstance(self.init, Normal) else 0.0
 

@@ -65,6 +65,15 @@ def pad_maps(src_shape: Sequence[int]) -> list[list[Segment]]:
     return [[Segment(0, 0, d)] if d else [] for d in src_shape]
 
 
+def as_rows(out_shape: Sequence[int], src_shape: Sequence[int] | None,
+            maps: Sequence[AxisMap]) -> tuple[tuple[int, ...], tuple[int, ...] | None, Sequence[AxisMap]]:
+    """The kernels work on rows: a 0-d tensor is one row of one element (its
+    source element, if any, lands on it). Other shapes pass unchanged."""
+    if out_shape:
+        return tuple(out_shape), None if src_shape is None else tuple(src_shape), maps
+    return (1,), None if src_shape is None else (1,), [[Segment(0, 0, 1)] if src_shape is not None else []]
+
+
 def f32(x: float) -> float:
     """Round a Python float (double) to the nearest float32, once."""
     return struct.unpack("f", struct.pack("f", x))[0]

@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .engine import DEFAULT_CHUNK_BYTES, execute
 from .errors import CheckpointError
 from .plan import Source, make_plan
 from .provenance import fingerprint, read_options
-from .reader import open_checkpoint, tensor_bytes
-from .safetensors_spec import ITEMSIZE
+from .reader import open_checkpoint
 from .writer import PROVENANCE_NAME
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -62,11 +57,10 @@ def verify(out: str | Path, *, threads: int | None = None, chunk_bytes: int = DE
                       != (t.dtype, t.shape)}
         checked = [t for t in present if t.name not in mismatched]
         on_disk = {t.name: grown.buffer(t.name, 0, t.shape[0] if t.shape else 1) for t in checked}
-        row_bytes = {t.name: t.row_numel * ITEMSIZE[t.dtype] for t in checked}
+        row_bytes = {t.name: t.row_bytes for t in checked}
         differ: set[str] = set()
 
-        def compare(name: str, data: memoryview | torch.Tensor, r0: int) -> None:
-            want = data if isinstance(data, memoryview) else tensor_bytes(data)
+        def compare(name: str, want: memoryview, r0: int) -> None:
             start = r0 * row_bytes[name]
             if on_disk[name][start:start + want.nbytes] != want:
                 differ.add(name)
