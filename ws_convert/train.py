@@ -12,6 +12,7 @@ and continues the same loss trajectory. Training from a grown checkpoint
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -67,13 +68,24 @@ def lr_at(step: int, c: TrainConfig) -> float:
 
 
 class _Dist:
-    """torchrun's environment, or a single process."""
+    """torchrun's environment, or a single process. As a context manager it
+    tears down the process group it opened: left to interpreter exit, gloo's
+    threads can be torn down unjoined, aborting a rank that had finished."""
 
     def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not torch.distributed.is_initialized():
+        self._owned = self.world > 1 and not torch.distributed.is_initialized()
+        if self._owned:
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def __enter__(self) -> "_Dist":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._owned:
+            gc.collect()  # DDP's reducer sits in a reference cycle and holds the group
+            torch.distributed.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -125,12 +137,16 @@ def _initial_model(c: TrainConfig, vocab: int) -> GPT:
 def train(c: TrainConfig, progress=None) -> dict:
     """Train; returns the final metrics. `progress(step, total, record)` is
     called after every logged step."""
-    from mup import MuAdamW
-
     if c.schedule not in ("wsd", "cosine"):
         raise WsConvertError(f"--schedule must be wsd or cosine, not {c.schedule!r}")
     device = _device(c.device)
-    dist = _Dist(device)
+    with _Dist(device) as dist:
+        return _train(c, progress, device, dist)
+
+
+def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
+    from mup import MuAdamW
+
     ds = data_mod.load(c.data)
     out = Path(c.out)
     resume = (out / "optimizer.pt").is_file() and (out / "model.safetensors").is_file()
