@@ -26,6 +26,27 @@ def test_short_demo_runs_every_stage(tmp_path):
     assert summary["eval"][0]["warm"] < summary["eval"][0]["scratch"] - 1.0
 
 
+def test_demo_replaces_an_earlier_one_only_when_asked(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--steps", "2", "--eval-every", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = (out / "summary.json").read_bytes()
+    again = CliRunner().invoke(main, [*args, "--seed", "1"])
+    assert again.exit_code == 2
+    assert again.output.strip().splitlines() == [
+        f"ws-convert: error: {out}: holds an earlier demo (grown, warm, scratch, loss.png, summary.json); "
+        "pass --overwrite to replace it, or choose another --out"]
+    assert (out / "summary.json").read_bytes() == before
+    replaced = CliRunner().invoke(main, [*args, "--seed", "1", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "summary.json").read_bytes())["eval"] != json.loads(before)["eval"]  # a new run
+    assert (out / "notes.txt").read_text() == "mine"
+    inside = CliRunner().invoke(main, [*args, "--base", str(out / "warm"), "--overwrite"])
+    assert inside.exit_code == 2 and "the base lies in the earlier demo" in inside.output
+    assert (out / "warm" / "model.safetensors").is_file()
+
+
 def test_bad_usage_exits_2():
     assert CliRunner().invoke(main, ["demo", "--steps", "1"]).exit_code == 2
     assert CliRunner().invoke(main, ["no-such-command"]).exit_code == 2

@@ -65,6 +65,19 @@ def test_resume_continues_the_same_trajectory(tmp_path, text):
     assert on_disk == list(range(20))
 
 
+def test_resume_refuses_other_settings(tmp_path, text):
+    cfg = TrainConfig(**TINY, steps=4, data=text, out=str(tmp_path / "run"))
+    first = train(cfg)["log"]
+    for changed, shown in ((dict(seed=1), "seed 0 -> 1"), (dict(steps=6), "steps 4 -> 6"),
+                           (dict(lr=3e-3), "lr 0.01 -> 0.003")):
+        with pytest.raises(WsConvertError, match=f"{tmp_path / 'run'}: holds a run with other settings "
+                                                 rf"\({shown}\)"):
+            train(replace(cfg, **changed))
+    # logging and speed settings may change: the finished run is simply found finished
+    again = train(replace(cfg, eval_every=2, checkpoint_every=2))["log"]
+    assert [r["loss"] for r in again] == [r["loss"] for r in first]
+
+
 def test_grown_checkpoint_trains(tmp_path, text):
     train(TrainConfig(**TINY, steps=10, data=text, out=str(tmp_path / "small")))
     grown = grow(tmp_path / "small" / "model.safetensors", 64, out=tmp_path / "grown")

@@ -306,8 +306,9 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo's results in --out.")
 @fail_cleanly
-def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_every: int) -> None:
+def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_every: int, overwrite: bool) -> None:
     """Grow the shipped small μP model 2x, keep training it, and race it
     against the same model trained from scratch."""
     from .demo import run, table
@@ -330,7 +331,7 @@ def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_ev
             bar = None
 
     summary = run(out, steps=steps, base=base, seed=seed, device=device, eval_every=eval_every,
-                  say=click.echo, progress=progress)
+                  overwrite=overwrite, say=click.echo, progress=progress)
     click.echo(table(summary))
     click.echo(f"wrote {out}/loss.png and {out}/summary.json")
 

@@ -10,10 +10,12 @@ steps each run needed to reach the scratch run's final loss.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from .engine import grow
+from .errors import OutputError
 from .train import TrainConfig, plot, train
 
 BASE = Path(__file__).parent / "assets" / "base-w128"
@@ -27,17 +29,38 @@ def steps_to_reach(log: list[dict], target: float) -> int | None:
     return next((r["step"] + 1 for r in log if "eval_loss" in r and r["eval_loss"] <= target), None)
 
 
+PRODUCTS = ("grown", "warm", "scratch", "loss.png", "summary.json")  # what a demo writes under --out
+
+
+def _clear(out: Path, overwrite: bool, base: Path) -> None:
+    """Make room for a fresh demo: an earlier one is replaced only when asked,
+    and only the demo's own products go; anything else in `out` stays."""
+    earlier = [out / name for name in PRODUCTS if (out / name).exists()]
+    if earlier and not overwrite:
+        raise OutputError(f"{out}: holds an earlier demo ({', '.join(p.name for p in earlier)}); "
+                          "pass --overwrite to replace it, or choose another --out")
+    for path in earlier:
+        if base.resolve().is_relative_to(path.resolve()):
+            raise OutputError(f"{base}: the base lies in the earlier demo that --overwrite would replace; "
+                              "choose another --out")
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Path | None = None,
-        seed: int = 0, device: str = "auto", eval_every: int = 20, lr: float = 1e-2,
+        seed: int = 0, device: str = "auto", eval_every: int = 20, lr: float = 1e-2, overwrite: bool = False,
         say: Callable[[str], None] = print, progress=None) -> dict:
     """Run the demo; returns (and writes to out/summary.json) the summary."""
-    out = Path(out)
+    out, base = Path(out), Path(base) if base else BASE
+    _clear(out, overwrite, base)
     out.mkdir(parents=True, exist_ok=True)
-    base = Path(base) if base else BASE
     config = json.loads((base / "config.json").read_text())
     to_width = 2 * config["width"]
     say(f"1/3 grow {base} (width {config['width']}) to width {to_width} with SZP")
-    grown = grow(base / "model.safetensors", to_width, out=out / "grown", overwrite=True, device="cpu")
+    grown = grow(base / "model.safetensors", to_width, out=out / "grown", device="cpu")
     common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, device=device,
                   eval_every=eval_every, eval_batches=8)
     say(f"2/3 continue training the grown model for {steps} steps")

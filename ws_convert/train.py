@@ -54,6 +54,27 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
 
 
+# Settings a resumed run may change: they touch logging and speed, not the trajectory.
+FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every")
+MODEL_SETTINGS = ("width", "depth", "heads", "base_width", "init_std")  # unused when init_from gives the model
+
+
+def _trajectory(c: TrainConfig | dict) -> dict:
+    """The settings that decide a run's losses, which a resumed run must repeat."""
+    d = dict(c) if isinstance(c, dict) else asdict(c)
+    ignored = FREE_ON_RESUME + (MODEL_SETTINGS if d.get("init_from") else ())
+    return {k: v for k, v in d.items() if k not in ignored}
+
+
+def _check_resume(out: Path, saved: dict, c: TrainConfig) -> None:
+    before, now = _trajectory(saved), _trajectory(c)
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)]
+    if changed:
+        raise WsConvertError(f"{out}: holds a run with other settings ({', '.join(changed)}); resume it with "
+                             "the same settings, or train into a new --out")
+
+
 def lr_at(step: int, c: TrainConfig) -> float:
     warmup = c.warmup or max(1, c.steps // 20)
     if step < warmup:
@@ -150,12 +171,14 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     ds = data_mod.load(c.data)
     out = Path(c.out)
     resume = (out / "optimizer.pt").is_file() and (out / "model.safetensors").is_file()
+    if resume:
+        state = torch.load(out / "optimizer.pt", map_location=device, weights_only=True)
+        _check_resume(out, state["train"], c)
     model = load(out / "model.safetensors") if resume else _initial_model(c, ds.vocab_size)
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
     start, log = 0, []
     if resume:
-        state = torch.load(out / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
