@@ -59,15 +59,14 @@ FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "che
 MODEL_SETTINGS = ("width", "depth", "heads", "base_width", "init_std")  # unused when init_from gives the model
 
 
-def _trajectory(c: TrainConfig | dict) -> dict:
+def _trajectory(settings: dict) -> dict:
     """The settings that decide a run's losses, which a resumed run must repeat."""
-    d = dict(c) if isinstance(c, dict) else asdict(c)
-    ignored = FREE_ON_RESUME + (MODEL_SETTINGS if d.get("init_from") else ())
-    return {k: v for k, v in d.items() if k not in ignored}
+    ignored = FREE_ON_RESUME + (MODEL_SETTINGS if settings.get("init_from") else ())
+    return {k: v for k, v in settings.items() if k not in ignored}
 
 
 def _check_resume(out: Path, saved: dict, c: TrainConfig) -> None:
-    before, now = _trajectory(saved), _trajectory(c)
+    before, now = _trajectory(saved), _trajectory(asdict(c))
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k)]
     if changed:
