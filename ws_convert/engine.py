@@ -256,8 +256,8 @@ class _TorchStream(_Stream):
         src = source_rows(self.ckpt, t, s0, s1)
         shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
         dtype = DTYPES[t.dtype]
-        n = (r1 - r0) * t.row_numel
-        host_out = self.host[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+        n = (r1 - r0) * t.row_bytes
+        host_out = self.host[k][:n].view(dtype).reshape(shape)
         rows = (r0, r1) if t.shape else None
         if self.device.type == "cpu":
             run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
@@ -270,7 +270,7 @@ class _TorchStream(_Stream):
                 stage.copy_(src)
                 dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
                 dev_src.copy_(stage, non_blocking=True)
-            dev_out = self.dev_out[k][: n * dtype.itemsize].view(dtype).reshape(shape)
+            dev_out = self.dev_out[k][:n].view(dtype).reshape(shape)
             run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
             host_out.copy_(dev_out, non_blocking=True)
             event = torch.cuda.Event()

@@ -15,10 +15,12 @@ import torch
 
 from . import _ext
 from .noise import normal_stream
-from .szp_spec import (AxisMap, Buffer, Constant, Init, Normal, Segment, as_rows, check_maps, f32,
-                       kernel_args, pad_maps)
+from .szp_spec import (KERNEL_DTYPES, AxisMap, Buffer, Constant, Init, Normal, Segment, as_rows, check_maps,
+                       f32, kernel_args, pad_maps)
+from .torch_dtypes import NAMES
 
-DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# torch dtype -> kernel dtype name, for the dtypes the kernels take
+DTYPES = {dtype: KERNEL_DTYPES[name] for dtype, name in NAMES.items() if name in KERNEL_DTYPES}
 CANONICAL_NAN = {torch.float32: (0x7FC00000, torch.int32), torch.bfloat16: (0x7FC0, torch.int16),
                  torch.float16: (0x7E00, torch.int16)}
 
