@@ -39,7 +39,10 @@ def test_training_on_stdlib_lowers_held_out_loss(tmp_path):
     evals = [r["eval_loss"] for r in result["log"] if "eval_loss" in r]
     assert evals[0] > 5.0 and evals[-1] < evals[0] - 1.5  # from ~ln(256) to well below
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["config.json", "log.jsonl", "loss.png", "model.safetensors", "optimizer.pt"]
+    assert files == ["checkpoint-40", "config.json", "log.jsonl", "loss.png", "model.safetensors"]
+    checkpoint = sorted(p.name for p in (tmp_path / "run" / "checkpoint-40").iterdir())
+    assert checkpoint == ["model.safetensors", "optimizer.pt"]
+    assert (tmp_path / "run" / "model.safetensors").samefile(tmp_path / "run" / "checkpoint-40" / "model.safetensors")
     lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(40)) and "eval_loss" in lines[-1]
 

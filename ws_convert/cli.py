@@ -288,6 +288,7 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
         return
     click.echo(f"{info['path']}: {info['arch']}")
     for key in ("width", "depth", "heads", "kv_heads", "head_dim", "ffn", "vocab", "ctx"):
+@click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
         if key in info:
             click.echo(f"  {key:<10} {info[key]}")
     click.echo(f"  {'params':<10} {human(info['parameters'])} in {info['tensors']} tensors, "

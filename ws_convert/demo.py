@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .engine import grow
-from .errors import OutputError
+from .errors import CheckpointError, OutputError
+from .model import GPTConfig, read_config
 from .train import TrainConfig, plot, train
 
 BASE = Path(__file__).parent / "assets" / "base-w128"
@@ -30,6 +31,17 @@ def steps_to_reach(log: list[dict], target: float) -> int | None:
 
 
 PRODUCTS = ("grown", "warm", "scratch", "loss.png", "summary.json")  # what a demo writes under --out
+
+
+def _base_config(base: Path) -> GPTConfig:
+    """The base run's model config; anything else is refused before a demo touches its --out."""
+    model = base / "model.safetensors"
+    if not model.is_file():
+        raise CheckpointError(base, "not a base run: no model.safetensors (make one with ws-convert train)")
+    try:
+        return read_config(model)
+    except CheckpointError as exc:
+        raise CheckpointError(base, f"not a base run: {exc}") from None
 
 
 def _clear(out: Path, overwrite: bool, base: Path) -> None:
@@ -55,11 +67,11 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
         say: Callable[[str], None] = print, progress=None) -> dict:
     """Run the demo; returns (and writes to out/summary.json) the summary."""
     out, base = Path(out), Path(base) if base else BASE
+    config = _base_config(base)
     _clear(out, overwrite, base)
     out.mkdir(parents=True, exist_ok=True)
-    config = json.loads((base / "config.json").read_text())
-    to_width = 2 * config["width"]
-    say(f"1/3 grow {base} (width {config['width']}) to width {to_width} with SZP")
+    to_width = 2 * config.width
+    say(f"1/3 grow {base} (width {config.width}) to width {to_width} with SZP")
     grown = grow(base / "model.safetensors", to_width, out=out / "grown", device="cpu")
     common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, device=device,
                   eval_every=eval_every, eval_batches=8)
@@ -74,8 +86,8 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
     target = scratch["final_eval_loss"]
     summary = {
         "steps": steps,
-        "base": str(base), "base_width": config["width"], "width": to_width,
-        "base_steps": sum(1 for _ in (base / "log.jsonl").open()) if (base / "log.jsonl").is_file() else None,
+        "base": str(base), "base_width": config.width, "width": to_width,
+        "base_steps": len((base / "log.jsonl").read_bytes().splitlines()) if (base / "log.jsonl").is_file() else None,
         "scratch_final_eval_loss": scratch["final_eval_loss"],
         "warm_final_eval_loss": warm["final_eval_loss"],
         "scratch_steps_to_scratch_final": steps_to_reach(scratch["log"], target),

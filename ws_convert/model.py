@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import CheckpointError
+from .reader import Checkpoint, open_checkpoint
 
 MODEL_TYPE = "ws_convert_gpt"
 
@@ -39,6 +43,10 @@ class GPTConfig:
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context", "width", "depth", "heads", "ffn", "base_width"):
+            value, least = getattr(self, name), 0 if name in ("ffn", "base_width") else 1  # 0: the default
+            if type(value) is not int or value < least:
+                raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")
         if self.width % self.heads or (self.width // self.heads) % 2:
             raise ValueError(f"width {self.width} must split into {self.heads} heads of even size")
         object.__setattr__(self, "ffn", self.ffn or 4 * self.width)
@@ -155,26 +163,49 @@ def build(c: GPTConfig, init: bool = True) -> GPT:
     return model
 
 
-def save(model: GPT, path: str | Path) -> None:
-    """model.safetensors with the config in __metadata__, and config.json beside it."""
+def config_json(c: GPTConfig) -> str:
+    """The text of config.json beside a checkpoint."""
+    return json.dumps(c.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def save_weights(model: GPT, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """model.safetensors with the config (and `metadata`) in __metadata__."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     config = json.dumps(model.config.to_dict(), sort_keys=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={"format": "pt", "config": config})
-    (path.parent / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    save_file(state, path, metadata={"format": "pt", "config": config, **(metadata or {})})
+
+
+def save(model: GPT, path: str | Path) -> None:
+    """model.safetensors with the config in __metadata__, and config.json beside it."""
+    path = Path(path)
+    save_weights(model, path)
+    (path.parent / "config.json").write_text(config_json(model.config))
+
+
+def _config_of(ckpt: Checkpoint) -> GPTConfig:
+    if not ckpt.config or ckpt.config.get("model_type") != MODEL_TYPE:
+        raise CheckpointError(ckpt.path, f"not a {MODEL_TYPE} checkpoint (no such config)")
+    try:
+        c = GPTConfig.from_dict(ckpt.config)
+        base_shapes(c)  # the base model must exist too
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(ckpt.path, f"config does not describe a model: {exc}") from None
+    return c
+
+
+def read_config(path: str | Path) -> GPTConfig:
+    """The config of a μP GPT checkpoint, without loading its weights;
+    anything else is refused with a CheckpointError."""
+    with open_checkpoint(path) as ckpt:
+        return _config_of(ckpt)
 
 
 def load(path: str | Path) -> GPT:
     """A μP GPT from a checkpoint written by `save` or grown by ws-convert."""
-    from .errors import CheckpointError
-    from .reader import open_checkpoint
-
     with open_checkpoint(path) as ckpt:
-        if not ckpt.config or ckpt.config.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(ckpt.path, f"not a {MODEL_TYPE} checkpoint (no such config)")
-        model = build(GPTConfig.from_dict(ckpt.config), init=False)
+        model = build(_config_of(ckpt), init=False)
         state = {n: ckpt.tensor(n).clone() for n in ckpt.tensors}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -3,11 +3,18 @@ grown checkpoint, with the same hyperparameters.
 
 One process on CPU or one GPU (bf16 autocast, optional torch.compile), or
 several through `torchrun` (DistributedDataParallel; gloo on CPU, nccl on
-GPU). Logs go to the terminal and `log.jsonl`; `--out` receives
-`model.safetensors`, `config.json`, `optimizer.pt` (for resuming), `log.jsonl`
-and `loss.png`. A run whose `--out` already holds a checkpoint resumes there
-and continues the same loss trajectory. Training from a grown checkpoint
-(`init_from`) starts the optimizer fresh, as in the paper.
+GPU). Logs go to the terminal and `log.jsonl`; `--out` receives the model
+(`model.safetensors`, `config.json`), `log.jsonl`, `loss.png` and the
+training checkpoint `checkpoint-N/` (N the step it holds), from which a run
+resumes and continues the same loss trajectory. Training from a grown
+checkpoint (`init_from`) starts the optimizer fresh, as in the paper.
+
+A training checkpoint is `model.safetensors` and `optimizer.pt` written into
+a hidden temporary directory, flushed, and renamed to `checkpoint-N` in one
+step, so it appears whole or not at all; both files record N (the
+safetensors `__metadata__["step"]`, the optimizer state's "step") and a pair
+that disagrees is refused. Only then is the run's `model.safetensors`
+replaced, by a hard link to the checkpoint's, and older checkpoints removed.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import gc
 import json
 import math
 import os
+import re
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from .errors import WsConvertError
-from .model import GPT, GPTConfig, build, load, save
+from .errors import CheckpointError, OutputError, WsConvertError
+from .model import GPT, GPTConfig, build, config_json, load, save_weights
+from .reader import open_checkpoint, read_header
+from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir
 
 
 @dataclass(frozen=True)
@@ -52,10 +64,11 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 8
     checkpoint_every: int = 0  # 0: only at the end
+    overwrite: bool = False  # train into an --out holding another model's files
 
 
 # Settings a resumed run may change: they touch logging and speed, not the trajectory.
-FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every")
+FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every", "overwrite")
 MODEL_SETTINGS = ("width", "depth", "heads", "base_width", "init_std")  # unused when init_from gives the model
 
 
@@ -72,6 +85,115 @@ def _check_resume(out: Path, saved: dict, c: TrainConfig) -> None:
     if changed:
         raise WsConvertError(f"{out}: holds a run with other settings ({', '.join(changed)}); resume it with "
                              "the same settings, or train into a new --out")
+
+
+MODEL_NAME, OPTIMIZER_NAME, CONFIG_NAME = "model.safetensors", "optimizer.pt", "config.json"
+CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")
+# What a run's --out holds only if it is that run's (or replaced with --overwrite): the names the
+# trainer writes over, and any other model's weights.
+MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt)|config\.json|loss\.png")
+LEFTOVER = re.compile(r"\.(checkpoint-[0-9]+|model\.safetensors|config\.json)\.partial-([0-9]+)")
+
+
+def _check_out(out: Path, c: TrainConfig) -> Path | None:
+    """Where a run may write, and the checkpoint it resumes from, if any.
+
+    "A run of this trainer" is an `out` holding a training checkpoint
+    (`checkpoint-N/`). Without one, `out` is refused if it holds another
+    model's files (unless `overwrite`); with `init_from`, it may not be,
+    contain or sit inside the source, whatever `overwrite` says.
+    """
+    if c.init_from and Path(c.init_from).exists():  # a missing source is refused when it is loaded
+        with open_checkpoint(c.init_from) as ckpt:
+            sources = [Path(c.init_from).resolve(), *(f.resolve() for f in ckpt.files)]
+        target = out.resolve()
+        if any(target == p or p in target.parents or target in p.parents for p in sources):
+            raise OutputError(f"refusing to train into {out}: it would overwrite or sit inside the source "
+                              f"{c.init_from}")
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
+    if found:
+        return max(found)[1]
+    theirs = sorted(p.name for p in out.iterdir() if MODEL_FILE.fullmatch(p.name))
+    if theirs and not c.overwrite:
+        raise OutputError(f"{out}: holds {', '.join(theirs)} but no training checkpoint of this trainer "
+                          "(checkpoint-N/); pass --overwrite to replace them, or choose another --out")
+    return None
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> tuple[GPT, dict]:
+    """The model and optimizer state of `checkpoint-N`, refused unless both files record step N."""
+    for name in (MODEL_NAME, OPTIMIZER_NAME):
+        if not (path / name).is_file():
+            raise CheckpointError(path, f"incomplete training checkpoint: no {name}")
+    try:
+        state = torch.load(path / OPTIMIZER_NAME, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged or foreign file
+        raise CheckpointError(path / OPTIMIZER_NAME, f"cannot be read ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "train"} <= state.keys():
+        raise CheckpointError(path / OPTIMIZER_NAME, "not an optimizer state written by this trainer")
+    steps = {MODEL_NAME: read_header(path / MODEL_NAME)[1].get("step"), OPTIMIZER_NAME: state["step"]}
+    step = str(int(CHECKPOINT.fullmatch(path.name).group(1)))
+    if any(str(s) != step for s in steps.values()):
+        shown = ", ".join(f"{name} step {s}" for name, s in steps.items())
+        raise CheckpointError(path, f"a checkpoint of step {step} whose files record {shown}; refusing to resume "
+                                    "from it")
+    return load(path / MODEL_NAME), state
+
+
+def _write_checkpoint(out: Path, model: GPT, state: dict) -> Path:
+    """`out/checkpoint-N` (N = state["step"]), complete or not at all."""
+    final = out / f"checkpoint-{state['step']}"
+    tmp = out / f".{final.name}.partial-{os.getpid()}"
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        save_weights(model, tmp / MODEL_NAME, {"step": str(state["step"])})
+        torch.save(state, tmp / OPTIMIZER_NAME)
+        for path in (tmp / MODEL_NAME, tmp / OPTIMIZER_NAME, tmp):
+            _fsync_path(path)
+        _rename_noreplace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_path(out)
+    return final
+
+
+def _replace(target: Path, fill: Callable[[Path], None]) -> None:
+    """Replace `target` in one rename by what `fill` writes to a temporary path."""
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fill(tmp)
+    _fsync_path(tmp)
+    os.replace(tmp, target)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def _publish(out: Path, ckpt: Path, config: GPTConfig) -> None:
+    """Make the checkpoint's model the run's model, then drop older checkpoints
+    and the leftovers of runs that died while writing."""
+    model = out / MODEL_NAME
+    if not (model.exists() and os.path.samefile(model, ckpt / MODEL_NAME)):
+        _replace(model, lambda tmp: _link_or_copy(ckpt / MODEL_NAME, tmp))
+    _replace(out / CONFIG_NAME, lambda tmp: tmp.write_text(config_json(config)))
+    _fsync_path(out)
+    stale = [p for p in out.iterdir() if (CHECKPOINT.fullmatch(p.name) and p.is_dir() and p != ckpt)
+             or ((m := LEFTOVER.fullmatch(p.name)) and not _pid_alive(int(m.group(2))))]
+    for p in stale:
+        if p.is_dir():
+            _remove(p)
+        else:
+            p.unlink()
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
@@ -149,9 +271,13 @@ def _initial_model(c: TrainConfig, vocab: int) -> GPT:
             raise WsConvertError(f"{c.init_from}: vocabulary {model.config.vocab_size} does not match the "
                                  f"data's {vocab}")
         return model
+    try:
+        config = GPTConfig(vocab_size=vocab, context=c.context, width=c.width, depth=c.depth, heads=c.heads,
+                           base_width=c.base_width, init_std=c.init_std)
+    except ValueError as exc:
+        raise WsConvertError(f"--width/--depth/--heads/--base-width: {exc}") from None
     torch.manual_seed(c.seed)
-    return build(GPTConfig(vocab_size=vocab, context=c.context, width=c.width, depth=c.depth, heads=c.heads,
-                           base_width=c.base_width, init_std=c.init_std))
+    return build(config)
 
 
 def train(c: TrainConfig, progress=None) -> dict:
@@ -159,6 +285,8 @@ def train(c: TrainConfig, progress=None) -> dict:
     called after every logged step."""
     if c.schedule not in ("wsd", "cosine"):
         raise WsConvertError(f"--schedule must be wsd or cosine, not {c.schedule!r}")
+    if c.steps < 1:
+        raise WsConvertError(f"--steps must be at least 1, not {c.steps}")
     device = _device(c.device)
     with _Dist(device) as dist:
         return _train(c, progress, device, dist)
@@ -168,20 +296,21 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     from mup import MuAdamW
 
     ds = data_mod.load(c.data)
-    out = Path(c.out)
-    resume = (out / "optimizer.pt").is_file() and (out / "model.safetensors").is_file()
-    if resume:
-        state = torch.load(out / "optimizer.pt", map_location=device, weights_only=True)
+    out = output_dir(c.out)
+    latest = _check_out(out, c)
+    if latest:
+        model, state = _read_checkpoint(latest, device)
         _check_resume(out, state["train"], c)
-    model = load(out / "model.safetensors") if resume else _initial_model(c, ds.vocab_size)
+    else:
+        model = _initial_model(c, ds.vocab_size)
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
     start, log = 0, []
-    if resume:
+    if latest:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
-        log = [r for r in log if r["step"] < start]
+        lines = (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").is_file() else []
+        log = [r for r in map(json.loads, filter(None, lines)) if r["step"] < start]
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -193,10 +322,13 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # MuAdamW scales each group's lr
 
     def checkpoint(step: int) -> None:
+        nonlocal latest
         if not dist.main:
             return
-        save(model, out / "model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "train": asdict(c)}, out / "optimizer.pt")
+        if step > start:  # else the run was finished: only its publishing may be missing
+            latest = _write_checkpoint(out, model, {"optimizer": optimizer.state_dict(), "step": step,
+                                                    "train": asdict(c)})
+        _publish(out, latest, model.config)
 
     t_last, tokens_since = time.perf_counter(), 0
     for step in range(start, c.steps):
