@@ -4,6 +4,7 @@ checkpoint whose files disagree on the step is refused. `demo --base` of
 something that is not a base run is one line and exit 2."""
 
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 pytest.importorskip("mup")
 
 from click.testing import CliRunner  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ws_convert import grow  # noqa: E402
 from ws_convert.cli import main  # noqa: E402
@@ -97,20 +100,21 @@ def test_a_crash_between_checkpoint_files_never_mixes_steps(tmp_path, text, monk
     monkeypatch.setattr(torch, "save", real_save)
     out = Path(crashed.out)
     after_crash = sorted(p.name for p in out.iterdir())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = out / f".checkpoint-8.partial-{dead.pid}"  # what a writer killed mid-checkpoint leaves
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
     resumed = train(crashed)["log"]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     assert after_crash == ["checkpoint-4", "config.json", "log.jsonl", "model.safetensors"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-8", "config.json", "log.jsonl", "loss.png",
                                                      "model.safetensors"]
-    from safetensors.torch import load_file
-
     mine, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_a_checkpoint_whose_files_disagree_on_the_step_is_refused(tmp_path, text):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
     cfg = TrainConfig(**TINY, steps=4, data=text, out=str(tmp_path / "run"))
     train(cfg)
