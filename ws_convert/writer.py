@@ -8,24 +8,32 @@ tensor in memory at once, which is exactly what this module avoids.
 
 Everything is written into a hidden temporary directory beside the target and
 renamed into place only after every byte is written and flushed, so a crash
-never leaves a directory that looks complete at the target path.
+never leaves a directory that looks complete at the target path. The rename
+never replaces what another run put there meanwhile, `overwrite` replaces only
+an empty directory or an earlier output, and a later run cleans up (or puts
+back) whatever a killed run left beside the target.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
+import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import OutputError
+from .errors import OutputError, printable
 from .reader import INDEX_NAME, SINGLE_NAME, tensor_bytes
 from .safetensors_spec import ITEMSIZE, encode_header, nbytes
 
@@ -107,12 +115,34 @@ def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int | str,
     return shards
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory by name (Linux syncs the file, whichever fd)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _close_fds(fds: Iterable[tuple[int, bool]]) -> None:
+    """Close every fd, fsyncing those marked; the first error is raised once all are closed."""
+    error = None
+    for fd, sync in fds:
+        try:
+            if sync:
+                os.fsync(fd)
+        except OSError as exc:
+            error = error or exc
+        finally:
+            os.close(fd)
+    if error is not None:
+        raise error
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def _pid_alive(pid: int) -> bool:
@@ -125,11 +155,97 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# -- renames that never replace ----------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
+
+
+def _find_renameat2() -> Callable[[bytes, bytes, int], int] | None:
+    """Linux's renameat2, from libc (glibc 2.28 and later) or as the raw system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "renameat2"):
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return lambda src, dst, flags: fn(_AT_FDCWD, src, _AT_FDCWD, dst, flags)
+    number = _SYS_RENAMEAT2.get(platform.machine())
+    if number is None:
+        return None
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    return lambda src, dst, flags: syscall(ctypes.c_long(number), ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(src),
+                                           ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(dst), ctypes.c_uint(flags))
+
+
+_RENAMEAT2 = _find_renameat2()
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Rename with renameat2's `flags`; False where the system or the
+    filesystem does not have them (the caller falls back to rename)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(os.fsencode(src), os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, failing with EEXIST when `dst` exists, in one
+    atomic step. Without renameat2 it is a check and then a rename: racy only
+    there, and even then a directory cannot replace a non-empty one (rename
+    refuses with ENOTEMPTY), only an empty one made in between."""
+    if not _renameat2(src, dst, _RENAME_NOREPLACE):
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+        os.rename(src, dst)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory this module made; a symlink is unlinked, never followed."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:  # a symlink loop, before Python 3.13
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+
+
+def output_dir(out: str | os.PathLike[str]) -> Path:
+    """`out` as a path. An empty or blank name (an unset shell variable)
+    would mean the current directory, so it is refused, and so is a path
+    that cannot be resolved (a symlink loop)."""
+    text = os.fspath(out)
+    if not text.strip():
+        raise OutputError(f"the output directory is empty ({text!r}); name one")
+    try:
+        _resolved(Path(text))
+    except OSError as exc:
+        raise OutputError(f"cannot write {text}: {exc.strerror}") from None
+    return Path(text)
+
+
 WRITEBACK_EARLY = hasattr(os, "posix_fadvise") and os.environ.get("WS_CONVERT_WRITEBACK", "1") != "0"
 
 PROVENANCE_NAME = "ws_convert.json"
 CONFIG_NAME = "config.json"
 BASE_SHAPES_NAME = "base_shapes.bsh"
+MAX_OPEN = 16  # output shards open at once; the others are closed until written again
+
+# What a directory holding ws_convert.json may hold for `overwrite` to replace it.
+_OUTPUT_FILE = re.compile("|".join([re.escape(SINGLE_NAME), r"model-[0-9]{5,}-of-[0-9]{5,}\.safetensors",
+                                    *map(re.escape, (INDEX_NAME, PROVENANCE_NAME, CONFIG_NAME, BASE_SHAPES_NAME))]))
 
 
 class CheckpointWriter:
@@ -143,14 +259,17 @@ class CheckpointWriter:
     mup base shapes `base_shapes.bsh`, each when given.
 
     On a clean exit the directory is completed and renamed into place; on an
-    exception (or a crash) the target path is left as it was.
+    exception (or a crash) the target path is left as it was. An existing
+    target is replaced only with `overwrite`, and only when it is empty or
+    holds nothing but an earlier output's files. At most MAX_OPEN shards are
+    open at a time, whatever their number.
     """
 
     def __init__(self, out_dir: str | Path, tensors: Sequence[OutputTensor], *,
                  max_shard_size: int | str = "5GB", provenance: Mapping | None = None,
                  config: Mapping | None = None, base_shapes: str | None = None,
                  overwrite: bool = False, protect: Iterable[str | Path] = ()) -> None:
-        self.out_dir = Path(out_dir).absolute()
+        self.out_dir = output_dir(out_dir).absolute()
         self.metadata = {"format": "pt"}
         self.files: dict[str, str] = {}
         if provenance is not None:
@@ -163,55 +282,92 @@ class CheckpointWriter:
         self.overwrite = overwrite
         self.protect = [Path(p).resolve() for p in protect]
         self.shards = plan_shards(tensors, max_shard_size, self.metadata)
+        self.total_size = sum(t.nbytes for t in tensors)  # the index's metadata.total_size
         self._order = [t.name for t in tensors]
         self._where = {t.name: (s, t) for s in self.shards for t in s.tensors}
         self._written: dict[str, list[tuple[int, int]]] = {name: [] for name in self._where}
         self._lock = threading.Lock()
-        self._fds: dict[str, int] = {}
+        self._open: OrderedDict[str, list[int]] = OrderedDict()  # shard file -> [fd, writes using it], LRU first
+        self._unsynced: set[str] = set()  # shard files written since their last fsync
+        self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp_dir: Path | None = None
-
-    @property
-    def total_size(self) -> int:
-        """Bytes of tensor data, as the index's metadata.total_size counts it."""
-        return sum(t.nbytes for s in self.shards for t in s.tensors)
 
     # -- set-up -------------------------------------------------------------
 
-    def _check_target(self) -> None:
-        target = self.out_dir.resolve()
-        for p in self.protect:
-            if target == p or p in target.parents or target in p.parents:
-                raise OutputError(f"refusing to write {self.out_dir}: it would overwrite or sit inside "
-                                  f"the source {p}")
-        if self.out_dir.exists() or self.out_dir.is_symlink():
-            if not self.out_dir.is_dir():
-                raise OutputError(f"{self.out_dir} exists and is not a directory")
-            if not self.overwrite:
-                raise OutputError(f"{self.out_dir} already exists; pass --overwrite (overwrite=True) to replace it")
-        if not self.out_dir.parent.is_dir():
-            raise OutputError(f"{self.out_dir.parent} does not exist")
-
-    def _remove_stale(self) -> None:
-        """Temporary directories of earlier runs that died (their pid is gone)."""
-        pattern = re.compile(re.escape(f".{self.out_dir.name}.partial-") + r"([0-9]+)-[0-9a-f]+")
-        for p in self.out_dir.parent.iterdir():
-            m = pattern.fullmatch(p.name)
-            if m and p.is_dir() and not _pid_alive(int(m.group(1))):
-                shutil.rmtree(p, ignore_errors=True)
-
-    def __enter__(self) -> CheckpointWriter:
-        self._check_target()
-        self._remove_stale()
-        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
+    def check(self) -> None:
+        """Everything checked before a byte is written: the target and the
+        free space. Dry runs call it too."""
+        self.check_target()
         try:
             self._check_space()
-            self.tmp_dir.mkdir()
+        except OSError as exc:
+            raise self._as_output_error(exc) from None
+
+    def check_target(self) -> None:
+        """Refuse a target this run must not write: the source or a path in or
+        around it, an existing directory without `overwrite` or one that is
+        neither empty nor an earlier output, a path that cannot be looked up."""
+        try:
+            self._check_target()
+        except OSError as exc:
+            raise self._as_output_error(exc) from None
+
+    def _check_target(self) -> None:
+        out = self.out_dir
+        target = _resolved(out)
+        for p in self.protect:
+            if target == p or p in target.parents or target in p.parents:
+                raise OutputError(f"refusing to write {out}: it would overwrite or sit inside the source {p}")
+        try:
+            os.lstat(out)
+        except FileNotFoundError:
+            if not out.parent.is_dir():
+                raise OutputError(f"{out.parent} does not exist") from None
+            return
+        if not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory")
+        if not self.overwrite:
+            raise OutputError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+        entries = sorted(os.listdir(out))
+        foreign = [e for e in entries if PROVENANCE_NAME not in entries or not _OUTPUT_FILE.fullmatch(e)]
+        if foreign:
+            n = len(foreign)
+            shown = printable(", ".join(foreign[:3])) + (", ..." if n > 3 else "")
+            raise OutputError(f"refusing to replace {out}: it holds {n} {'entry' if n == 1 else 'entries'} "
+                              f"that {'is' if n == 1 else 'are'} not part of a ws-convert output ({shown})")
+
+    def _recover(self) -> None:
+        """Clean up after earlier runs into this target that died (their pid
+        is gone). A temporary directory is removed. An old output moved aside
+        for a swap goes back to the target when nothing is there (the swap
+        never finished, so it may be the only complete copy), else it is
+        removed."""
+        if not self.out_dir.parent.is_dir():
+            return  # check_target says what is wrong
+        pattern = re.compile(re.escape(f".{self.out_dir.name}.") + r"(partial|replaced)-([0-9]+)(?:-[0-9a-f]+)?")
+        found = [(m.group(1), p) for p in sorted(self.out_dir.parent.iterdir())
+                 if (m := pattern.fullmatch(p.name)) and not _pid_alive(int(m.group(2)))]
+        for kind, p in sorted(found, key=lambda item: item[0] != "replaced"):
+            if kind == "replaced" and not os.path.lexists(self.out_dir):
+                _rename_noreplace(p, self.out_dir)
+            else:
+                _remove(p)
+
+    def __enter__(self) -> CheckpointWriter:
+        try:
+            self._recover()
+            self.check()
+            tmp = self.out_dir.parent / f".{self.out_dir.name}.partial-{self._tag}"
+            tmp.mkdir()
+            self.tmp_dir = tmp
             for shard in self.shards:
-                fd = os.open(self.tmp_dir / shard.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-                self._fds[shard.file] = fd
-                os.ftruncate(fd, shard.size)
-                os.pwrite(fd, shard.header, 0)
+                fd = os.open(tmp / shard.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                self._unsynced.add(shard.file)
+                try:
+                    os.ftruncate(fd, shard.size)
+                    _pwrite_all(fd, memoryview(shard.header), 0)
+                finally:
+                    os.close(fd)
         except BaseException as exc:
             self._abort()
             raise self._as_output_error(exc) from None
@@ -262,18 +418,44 @@ class CheckpointWriter:
                 raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
             spans.append((begin, end))
         offset = shard.offsets[name] + begin
-        fd = self._fds[shard.file]
         try:
-            while view:
-                done = os.pwrite(fd, view, offset)
-                view, offset = view[done:], offset + done
-            if WRITEBACK_EARLY:
-                # Start writing this range to the device now, so the disk works
-                # while later chunks are computed instead of all at the final
-                # fsync (and clean output pages leave the page cache).
-                os.posix_fadvise(fd, shard.offsets[name] + begin, size, os.POSIX_FADV_DONTNEED)
+            with self._opened(shard.file) as fd:
+                _pwrite_all(fd, view, offset)
+                if WRITEBACK_EARLY:
+                    # Start writing this range to the device now, so the disk
+                    # works while later chunks are computed instead of all at
+                    # the final fsync (and clean output pages leave the page cache).
+                    os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             raise self._as_output_error(exc) from None
+
+    @contextmanager
+    def _opened(self, file: str) -> Iterator[int]:
+        """An fd of a shard, opened on demand. Past MAX_OPEN open ones, the
+        least recently used that no write is using are synced and closed."""
+        with self._lock:
+            self._unsynced.add(file)
+            entry = self._open.get(file)
+            if entry is None:
+                entry = self._open[file] = [os.open(self.tmp_dir / file, os.O_RDWR), 0]
+            else:
+                self._open.move_to_end(file)
+            entry[1] += 1
+            idle = [f for f, (_, users) in self._open.items() if not users]
+            evicted = [self._take(f) for f in idle[:max(0, len(self._open) - MAX_OPEN)]]
+        try:
+            _close_fds(evicted)
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+
+    def _take(self, file: str) -> tuple[int, bool]:
+        """Drop an open shard from the table: its fd and whether it needs an fsync."""
+        fd, _ = self._open.pop(file)
+        dirty = file in self._unsynced
+        self._unsynced.discard(file)
+        return fd, dirty
 
     @staticmethod
     def _tensor_view(name: str, t: OutputTensor, data: torch.Tensor) -> memoryview:
@@ -289,6 +471,23 @@ class CheckpointWriter:
         """Tensors not yet written in full."""
         return [name for name, (_, t) in self._where.items()
                 if sum(e - b for b, e in self._written[name]) != t.nbytes]
+
+    def add_file(self, name: str, content: str) -> None:
+        """Give a side file (ws_convert.json, config.json, ...) its final
+        content, known only once the data is written; it lands at the commit."""
+        if name in (s.file for s in self.shards) or name == INDEX_NAME:
+            raise OutputError(f"{name} cannot be a side file: the checkpoint writer writes it itself")
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise OutputError(f"{name!r} cannot be a side file: it is not a plain file name")
+        self.files[name] = content
+
+    def index_text(self) -> str | None:
+        """The index of a sharded checkpoint (None for a single file)."""
+        if len(self.shards) == 1:
+            return None
+        index = {"metadata": {"total_size": self.total_size},
+                 "weight_map": {name: self._where[name][0].file for name in self._order}}
+        return json.dumps(index, indent=2) + "\n"
 
     # -- finish ----------------------------------------------------------------
 
@@ -312,36 +511,52 @@ class CheckpointWriter:
         missing = self.missing()
         if missing:
             raise OutputError(f"{len(missing)} tensors were not written in full, first '{missing[0]}'")
-        for file, fd in list(self._fds.items()):
-            os.fsync(fd)
-            os.close(fd)
-            del self._fds[file]
-        if len(self.shards) > 1:
-            index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": {name: self._where[name][0].file for name in self._order}}
-            self._write_file(INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        _close_fds([self._take(file) for file in list(self._open)])
+        for file in sorted(self._unsynced):
+            _fsync_path(self.tmp_dir / file)
+        self._unsynced.clear()
+        index = self.index_text()
+        if index is not None:
+            self._write_file(INDEX_NAME, index)
         for name, content in self.files.items():
             self._write_file(name, content)
-        _fsync_dir(self.tmp_dir)
-        self._check_target()  # nothing appeared meanwhile
-        if self.out_dir.exists():  # overwrite: swap the old one out only now
-            old = self.out_dir.parent / f".{self.out_dir.name}.replaced-{self.tmp_dir.name.rsplit('-', 2)[-2]}"
+        _fsync_path(self.tmp_dir)
+        self.check_target()  # still absent, or still an output that may be replaced
+        try:
+            if self.overwrite and os.path.lexists(self.out_dir):
+                self._swap()
+            else:
+                _rename_noreplace(self.tmp_dir, self.out_dir)
+                self.tmp_dir = None
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise OutputError(f"{self.out_dir} already exists: another run wrote it meanwhile") from None
+            raise
+        _fsync_path(self.out_dir.parent)
+
+    def _swap(self) -> None:
+        """Put the new output in the old one's place, then delete the old one.
+        With RENAME_EXCHANGE the two trade places in one step: a crash leaves
+        one of them at the target and the other at the temporary name, which
+        the next run removes. Otherwise the old one is moved aside first; a
+        crash between the two renames leaves nothing at the target, and the
+        next run puts the old one back."""
+        if _renameat2(self.tmp_dir, self.out_dir, _RENAME_EXCHANGE):
+            old = self.tmp_dir
+        else:
+            old = self.out_dir.parent / f".{self.out_dir.name}.replaced-{self._tag}"
             os.rename(self.out_dir, old)
             try:
-                os.rename(self.tmp_dir, self.out_dir)
-            except OSError:
+                _rename_noreplace(self.tmp_dir, self.out_dir)
+            except BaseException:
                 os.rename(old, self.out_dir)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp_dir, self.out_dir)
         self.tmp_dir = None
-        _fsync_dir(self.out_dir.parent)
+        _remove(old)
 
     def _abort(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        _close_fds((fd, False) for fd, _ in self._open.values())
+        self._open.clear()
         if self.tmp_dir is not None:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            _remove(self.tmp_dir)
             self.tmp_dir = None
