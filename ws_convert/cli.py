@@ -12,7 +12,7 @@ import click
 
 from ._version import __version__
 from .architectures import NAMES as ARCH_NAMES
-from .errors import WsConvertError
+from .errors import WsConvertError, printable
 from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, Plan, TensorPlan
 from .szp_spec import Normal
 
@@ -24,7 +24,7 @@ def fail_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except WsConvertError as exc:
-            click.echo(f"ws-convert: error: {exc}", err=True)
+            click.echo(f"ws-convert: error: {printable(str(exc))}", err=True)
             sys.exit(2)
     return wrapper
 

@@ -1,10 +1,11 @@
 """Executing a plan: every planned tensor through the fused SZP op, in memory
 (`grow_state_dict`) or streamed from files to files (`grow`).
 
-The streaming path reads source rows as views of the memory-mapped input,
-computes output row chunks into a few reused buffers and hands each to a
-writer thread, so reading, computing and writing overlap and memory stays at
-a few chunks whatever the model size. On the CPU it calls the compiled
+The streaming path reads source rows with positional reads (a source file
+truncated meanwhile is then an error, not a SIGBUS), computes output row
+chunks into a few reused buffers and hands each to a writer thread, so
+reading, computing and writing overlap and memory stays at a few chunks
+whatever the model size. On the CPU it calls the compiled
 kernel on raw buffers and never imports torch (importing it takes longer
 than growing a 1 GB checkpoint); on a GPU the chunks go through pinned host
 buffers and a CUDA stream.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
+SMALL_CHUNK = 1 << 20  # output bytes below which a chunk runs on one thread (see _CpuStream)
 
 
 def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tuple[int, int] | None = None,
@@ -137,13 +140,20 @@ def pick_device(device: str) -> str:
     raise OutputError(f"--device {device}: {why}")
 
 
-def source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int) -> torch.Tensor | None:
-    """Source rows [s0, s1) of a planned tensor as a tensor view (None: pure init)."""
+def source_rows(ckpt: Checkpoint, t: TensorPlan, s0: int, s1: int,
+                buffer: Callable[[int], memoryview]) -> torch.Tensor | None:
+    """Source rows [s0, s1) of a planned tensor, read into `buffer(nbytes)`,
+    as a tensor (None: pure init)."""
+    import torch
+
+    from .torch_dtypes import DTYPES
+
     if t.source is None:
         return None
-    if not t.src_shape:  # 0-d source
-        return ckpt.tensor(t.source).reshape(1)
-    return ckpt.rows(t.source, s0, s1)
+    data = ckpt.read_rows(t.source, s0, s1, buffer)
+    dtype = DTYPES[ckpt.info(t.source).dtype]
+    shape = (s1 - s0, *t.src_shape[1:]) if t.src_shape else (1,)  # a 0-d source is one row
+    return torch.frombuffer(data, dtype=dtype).reshape(shape) if data.nbytes else torch.empty(shape, dtype=dtype)
 
 
 def address(buf: memoryview | mmap.mmap) -> int:
@@ -163,33 +173,50 @@ Sink = Callable[[str, memoryview, int], None]
 
 
 class _Stream:
-    """Computes chunks into SLOTS reused host buffers and hands each to the
-    sink on a worker thread; a slot is reused only after its sink call
-    finished. The subclasses say how a chunk is computed."""
+    """Computes chunks into SLOTS reused host buffers of `chunk_bytes` and
+    hands each slot to the sink on a worker thread; a slot is reused only
+    after its sink calls finished. Chunks smaller than a slot share one where
+    the subclass allows (`share`), so that many small tensors cost one
+    hand-off between threads per slot, not one per tensor. The subclasses say
+    how a chunk is computed."""
 
-    def __init__(self, sink: Sink, ckpt: Checkpoint):
-        self.sink, self.ckpt = sink, ckpt
+    share = True
+
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int):
+        self.sink, self.ckpt, self.chunk_bytes = sink, ckpt, chunk_bytes
         self.pending: list[Future | None] = [None] * SLOTS
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-sink")
-        self.slot = 0
+        self.slot, self.used = 0, 0
+        self.batch: list[tuple[Callable[[], None], str, memoryview, int]] = []
 
     def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
-        k = self.slot
-        self.slot = (self.slot + 1) % SLOTS
-        if self.pending[k] is not None:
-            self.pending[k].result()  # re-raises a sink error here
-        data, done = self.compute(k, t, seed, r0, r1, s0, s1)
-        self.pending[k] = self.pool.submit(self._drain, done, t.name, data, r0)
+        n = (r1 - r0) * t.row_bytes
+        if self.used + n > self.chunk_bytes:
+            self.flush()
+        if not self.batch and self.pending[self.slot] is not None:
+            self.pending[self.slot].result()  # re-raises a sink error here
+        data, done = self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1)
+        self.batch.append((done, t.name, data, r0))
+        self.used += n
+        if not self.share:
+            self.flush()
 
-    def compute(self, k: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
+    def compute(self, k: int, offset: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
                 s1: int) -> tuple[memoryview, Callable[[], None]]:
-        """Start output rows [r0, r1) of `t` in slot k; returns the host bytes
-        it lands in and what to wait for before they are complete."""
+        """Start output rows [r0, r1) of `t` at `offset` in slot k; returns the
+        host bytes it lands in and what to wait for before they are complete."""
         raise NotImplementedError
 
-    def _drain(self, done: Callable[[], None], name: str, data: memoryview, r0: int) -> None:
-        done()
-        self.sink(name, data, r0)
+    def flush(self) -> None:
+        """Hand the current slot's chunks to the sink; move to the next slot."""
+        if self.batch:
+            self.pending[self.slot] = self.pool.submit(self._drain, self.batch)
+            self.slot, self.used, self.batch = (self.slot + 1) % SLOTS, 0, []
+
+    def _drain(self, batch: list[tuple[Callable[[], None], str, memoryview, int]]) -> None:
+        for done, name, data, r0 in batch:
+            done()
+            self.sink(name, data, r0)
 
     def finish(self) -> None:
         try:
@@ -204,31 +231,66 @@ def _nothing() -> None:
     pass
 
 
+def _anonymous(size: int) -> mmap.mmap:
+    """Private anonymous pages: plain process memory, page-aligned, touched
+    (so paid for) only as far as used."""
+    return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _fresh_buffer(n: int) -> memoryview:
+    return memoryview(bytearray(n))
+
+
+def _small_kernel(args: dict, source: memoryview | None) -> None:
+    """One small chunk on one thread; `source` holds the bytes at args' src_ptr alive until it ran."""
+    _ext.cpu.szp(args, 1)
+
+
 class _CpuStream(_Stream):
-    """The compiled CPU kernel on raw buffers: the memory-mapped source in,
-    anonymous mmap slots out. No tensors, no torch."""
+    """The compiled CPU kernel on raw buffers, reused anonymous slots out. No
+    tensors, no torch. A chunk of SMALL_CHUNK bytes or more runs on all
+    threads while the caller waits, its source rows read into one reused
+    buffer. Smaller ones, where starting threads would cost more than the
+    work, run on one thread each, as many at once as there are threads, each
+    with its own copy of its source rows: a checkpoint of many small
+    tensors keeps every core busy too."""
 
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
-        super().__init__(sink, ckpt)
+        super().__init__(sink, ckpt, chunk_bytes)
         self.threads = threads or 0
-        # private anonymous pages: plain process memory, page-aligned, reused
-        self.slots = [mmap.mmap(-1, chunk_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                      for _ in range(SLOTS)]
+        self.slots = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
+        self.source = _anonymous(chunk_bytes)
+        self.small = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="ws-convert-kernel")
 
-    def compute(self, k, t, seed, r0, r1, s0, s1):
+    def source_buffer(self, n: int) -> memoryview:
+        if n > len(self.source):
+            self.source = _anonymous(n)
+        return memoryview(self.source)
+
+    def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
         n = (r1 - r0) * t.row_bytes
-        out = Buffer(self.addresses[k], n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
-        src = None
+        small = n < SMALL_CHUNK
+        out = Buffer(self.addresses[k] + offset, n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
+        src = view = None
         if t.source is not None:
-            view = self.ckpt.buffer(t.source, s0, s1)
+            view = self.ckpt.read_rows(t.source, s0, s1, _fresh_buffer if small else self.source_buffer)
             dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
             src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
         args = kernel_args(out, shape, (r0, r1), src, src_shape, s0, maps, shrink=t.shrink,
                            perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
+        data = memoryview(self.slots[k])[offset:offset + n]
+        if small:
+            return data, self.small.submit(_small_kernel, args, view).result
         _ext.cpu.szp(args, self.threads)
-        return memoryview(self.slots[k])[:n], _nothing
+        return data, _nothing
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.small.shutdown(wait=True)  # no kernel may outlive the slots it writes
 
 
 class _TorchStream(_Stream):
@@ -238,38 +300,47 @@ class _TorchStream(_Stream):
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None, device: str):
         import torch
 
-        super().__init__(sink, ckpt)
+        super().__init__(sink, ckpt, chunk_bytes)
         self.device, self.threads = torch.device(device), threads
-        gpu = self.device.type == "cuda"
-        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=gpu) for _ in range(SLOTS)]
-        if gpu:
+        self.gpu = self.device.type == "cuda"
+        self.share = not self.gpu  # a slot's source staging is in flight until its chunk is done
+        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
+        self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
+        if self.gpu:
             self.stream = torch.cuda.Stream(self.device)
             self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
             self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
-            self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(SLOTS)]
 
-    def compute(self, k, t, seed, r0, r1, s0, s1):
+    def source_buffer(self, k: int, n: int) -> memoryview:
+        """Slot k's source staging (pinned on a GPU), grown to n bytes if smaller."""
+        import torch
+
+        if n > self.staging[k].numel():
+            self.staging[k] = torch.empty(n, dtype=torch.uint8, pin_memory=self.gpu)
+            if self.gpu:
+                self.dev_in[k] = torch.empty(n, dtype=torch.uint8, device=self.device)
+        return tensor_bytes(self.staging[k])
+
+    def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         import torch
 
         from .torch_dtypes import DTYPES
 
-        src = source_rows(self.ckpt, t, s0, s1)
+        src = source_rows(self.ckpt, t, s0, s1, lambda nb: self.source_buffer(k, nb))
         shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
         dtype = DTYPES[t.dtype]
         n = (r1 - r0) * t.row_bytes
-        host_out = self.host[k][:n].view(dtype).reshape(shape)
+        host_out = self.host[k][offset:offset + n].view(dtype).reshape(shape)
         rows = (r0, r1) if t.shape else None
-        if self.device.type == "cpu":
+        if not self.gpu:
             run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
             return tensor_bytes(host_out), _nothing
         with torch.cuda.stream(self.stream):
             dev_src = None
             if src is not None:
                 nb = src.numel() * src.element_size()
-                stage = self.staging[k][:nb].view(src.dtype).reshape(src.shape)
-                stage.copy_(src)
                 dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
-                dev_src.copy_(stage, non_blocking=True)
+                dev_src.copy_(src, non_blocking=True)
             dev_out = self.dev_out[k][:n].view(dtype).reshape(shape)
             run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
             host_out.copy_(dev_out, non_blocking=True)
@@ -297,6 +368,7 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
                 stream.submit(t, plan.options.seed, r0, r1, s0, s1)
                 if progress:
                     progress((r1 - r0) * t.row_bytes, i)
+        stream.flush()
     finally:
         stream.finish()
 
@@ -322,10 +394,10 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
                               config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
                               overwrite=overwrite, protect=protect) as writer:
-            count = len(plan.tensors)
+            count, total = len(plan.tensors), writer.total_size
             execute(plan, ckpt, lambda name, data, r0: writer.write(name, data, row_start=r0), device=dev,
                     threads=threads, chunk_bytes=chunk_bytes,
-                    progress=progress and (lambda n, i: progress(n, writer.total_size, i + 1, count)))
+                    progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
     return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)
 
 
