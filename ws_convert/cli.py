@@ -189,27 +189,49 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
                    f"{report.device})")
 
 
+def few(names: list[str], shown: int = 10) -> str:
+    """The first names of a list, on one line."""
+    text = ", ".join(printable(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--source", type=click.Path(exists=True), help="The source, when it moved (default: the recorded one).")
+@click.option("--allow-pickle", is_flag=True, help="Read a pickle (.bin) source (weights only).")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
 @fail_cleanly
-def verify(out: str, threads: int | None) -> None:
-    """Recompute OUT from its recorded source and knobs; exit 1 on any difference."""
+def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None) -> None:
+    """Check every file grow wrote to OUT against a recomputation from the
+    source; exit 1 when the output is corrupt or the source changed since."""
     from .verify import verify as run_verify
 
-    r = run_verify(out, threads=threads)
-    if r.source_changed:
-        click.echo(f"note: the source changed since the output was made: {', '.join(r.source_changed)}")
+    r = run_verify(out, source=source, allow_pickle=allow_pickle, threads=threads)
+    if r.made_by != __version__:
+        click.echo(f"note: made by ws-convert {printable(r.made_by)}; this is {__version__}")
+    if r.source_files_changed and not (r.source_changed or r.source_config_changed):
+        click.echo(f"note: the source's files were rewritten since ({few(r.source_files_changed)}), "
+                   "holding the same tensors")
+    changed = (["its config"] if r.source_config_changed else []) + [f"tensor {n}" for n in r.source_changed]
+    if changed:
+        click.echo(f"the source changed since: {few(changed)}")
+    for p in r.files:
+        click.echo(printable(f"{p.kind}: {p.file}" + (f": {p.detail}" if p.detail else "")))
     for name in r.differing:
-        click.echo(f"differs: {name}")
-    for name in r.missing:
-        click.echo(f"missing: {name}")
-    for name in r.unexpected:
-        click.echo(f"unexpected: {name}")
-    click.echo(f"{'ok' if r.ok else 'FAILED'}: {r.checked} tensors recomputed from {r.source}, "
-               f"{len(r.differing)} differ")
-    if not r.ok:
-        sys.exit(1)
+        click.echo(f"differs: {printable(name)}")
+    for name in r.stale:
+        click.echo(f"stale: {printable(name)} (computed from a source tensor that changed since)")
+    summary = printable(f"{r.checked} tensors recomputed from {r.source}")
+    if r.ok:
+        click.echo(f"ok: every file matches; {summary}")
+        return
+    if r.corrupt:
+        click.echo(f"FAILED: the output is corrupt: {len(r.files)} file and {len(r.differing)} tensor "
+                   f"differences; {summary}")
+    else:
+        click.echo(f"FAILED: the source changed since the output was made ({len(r.stale)} output tensors "
+                   f"stale); {summary}")
+    sys.exit(1)
 
 
 @main.command()

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from . import _ext
 from .errors import OutputError
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
-from .provenance import record
+from .provenance import HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import Checkpoint, open_checkpoint, tensor_bytes
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, tensor_id
-from .writer import CheckpointWriter, OutputTensor
+from .writer import PROVENANCE_NAME, CheckpointWriter, OutputTensor, parse_size
 
 if TYPE_CHECKING:
     import torch
@@ -373,6 +373,14 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
         stream.finish()
 
 
+def planned_writer(out: str | Path, plan: Plan, prov: dict, **kwargs) -> CheckpointWriter:
+    """The writer of grow's output, every file of which follows from the plan
+    and the record (`verify` plans the same files to compare them)."""
+    planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
+    return CheckpointWriter(out, planned, max_shard_size=prov["max_shard_size"], provenance=without_hashes(prov),
+                            config=plan.config, base_shapes=write_base_shapes(plan.base_shapes), **kwargs)
+
+
 def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
@@ -389,15 +397,15 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         opts = GrowthOptions(to_width=to_width, **options)
         plan = make_plan(Source.of(ckpt), opts, base_shapes)
         protect = [*ckpt.files, Path(src)]
-        prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle)
-        planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
-        with CheckpointWriter(out, planned, max_shard_size=max_shard_size, provenance=prov,
-                              config=plan.config, base_shapes=write_base_shapes(plan.base_shapes),
-                              overwrite=overwrite, protect=protect) as writer:
+        prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
+                      parse_size(max_shard_size))
+        with planned_writer(out, plan, prov, overwrite=overwrite, protect=protect) as writer, \
+                SourceHasher(ckpt) as hasher:
             count, total = len(plan.tensors), writer.total_size
             execute(plan, ckpt, lambda name, data, r0: writer.write(name, data, row_start=r0), device=dev,
                     threads=threads, chunk_bytes=chunk_bytes,
                     progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
+            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: hasher.result()}))
     return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)
 
 
