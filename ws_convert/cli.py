@@ -1,12 +1,17 @@
 """The `ws-convert` command line. Errors become one line and an exit code:
-0 success, 1 failure while running, 2 bad input or usage."""
+0 success, 1 failure while running (or Ctrl-C), 2 bad input or usage, 143
+stopped by SIGTERM (grow, after removing what it had written)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import click
 
@@ -119,6 +124,34 @@ def plan_table(p: Plan) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread, so that every clean-up made for
+    Ctrl-C (the writer removes its temporary directory) runs for it too."""
+
+
+TERMINATED = 128 + signal.SIGTERM  # the exit status a shell reports for a process SIGTERM killed
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM (what timeout, Slurm and docker stop send)
+    raises Terminated; the previous handler comes back afterwards. Python
+    runs signal handlers in the main thread only, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @main.command()
 @click.argument("src", type=click.Path(exists=True))
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory (default: beside SRC).")
@@ -133,8 +166,7 @@ def plan_table(p: Plan) -> str:
 def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool, device: str,
          threads: int | None, max_shard_size: str, overwrite: bool, dry_run: bool, quiet: bool, **kw) -> None:
     """Grow the checkpoint SRC to a larger width (and depth) with SZP."""
-    from .api import plan
-    from .engine import default_out, grow as run_grow
+    from .engine import grow as run_grow
     from .writer import parse_size
 
     try:
@@ -143,11 +175,11 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     options = growth_kwargs(kw)
     if dry_run:
-        p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, **options)
-        target = out or default_out(src, options["to_width"])
+        report = run_grow(src, out=out, overwrite=overwrite, device=device, max_shard_size=max_shard_size,
+                          base_shapes=base_shapes, allow_pickle=allow_pickle, dry_run=True, **options)
         if not quiet:
-            click.echo(plan_table(p))
-            click.echo(f"dry run: would write {human(p.bytes_after)}B to {target}")
+            click.echo(plan_table(report.plan))
+            click.echo(f"dry run: target {report.out} checked; would write {human(report.plan.bytes_after)}B there")
         return
     bar = None
     started = time.perf_counter()
@@ -169,12 +201,14 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         bar.update(nbytes, current_item=tensor)
 
     try:
-        report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
-                          max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
-                          progress=progress, **options)
-    except KeyboardInterrupt:
-        click.echo("\nws-convert: interrupted; nothing was written at the output", err=True)
-        sys.exit(1)
+        with terminate_like_interrupt():
+            report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
+                              max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
+                              progress=progress, **options)
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        click.echo(f"\nws-convert: {how}; nothing was written at the output", err=True)
+        sys.exit(TERMINATED if isinstance(exc, Terminated) else 1)
     except OSError as exc:
         click.echo(f"ws-convert: error: {exc}", err=True)
         sys.exit(1)
@@ -254,6 +288,7 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
+@click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
 @fail_cleanly
 def train(compile_: bool, **kw) -> None:
     """Train the bundled μP GPT (from scratch, or --init-from a grown checkpoint)."""
@@ -310,7 +345,6 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
         return
     click.echo(f"{info['path']}: {info['arch']}")
     for key in ("width", "depth", "heads", "kv_heads", "head_dim", "ffn", "vocab", "ctx"):
-@click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
         if key in info:
             click.echo(f"  {key:<10} {info[key]}")
     click.echo(f"  {'params':<10} {human(info['parameters'])} in {info['tensors']} tensors, "

@@ -29,7 +29,7 @@ from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base
 from .provenance import HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import Checkpoint, open_checkpoint, tensor_bytes
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, tensor_id
-from .writer import PROVENANCE_NAME, CheckpointWriter, OutputTensor, parse_size
+from .writer import PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir, parse_size
 
 if TYPE_CHECKING:
     import torch
@@ -385,13 +385,14 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
          chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
-         **options) -> GrowReport:
+         dry_run: bool = False, **options) -> GrowReport:
     """Grow the checkpoint at `src` into a new directory (default: beside it,
     named after it and the width). `options` are GrowthOptions' fields.
     `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
-    output bytes are computed."""
+    output bytes are computed. A dry run plans and checks everything a real
+    run would, the target included, and writes nothing."""
     t_start = time.perf_counter()
-    out = Path(out) if out is not None else default_out(Path(src), to_width)
+    out = output_dir(out) if out is not None else default_out(Path(src), to_width)
     dev = pick_device(device)
     with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
         opts = GrowthOptions(to_width=to_width, **options)
@@ -399,8 +400,11 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         protect = [*ckpt.files, Path(src)]
         prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
                       parse_size(max_shard_size))
-        with planned_writer(out, plan, prov, overwrite=overwrite, protect=protect) as writer, \
-                SourceHasher(ckpt) as hasher:
+        writer = planned_writer(out, plan, prov, overwrite=overwrite, protect=protect)
+        if dry_run:
+            writer.check()
+            return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start)
+        with writer, SourceHasher(ckpt) as hasher:
             count, total = len(plan.tensors), writer.total_size
             execute(plan, ckpt, lambda name, data, r0: writer.write(name, data, row_start=r0), device=dev,
                     threads=threads, chunk_bytes=chunk_bytes,
