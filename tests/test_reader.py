@@ -196,6 +196,25 @@ def test_read_rows_copies_into_the_callers_buffer(tmp_path):
         ckpt.read_rows("w", 4, 6, buffer)
 
 
+def test_read_rows_through_the_read_ahead_in_any_order(tmp_path, monkeypatch):
+    import random
+
+    from ws_convert import reader
+
+    monkeypatch.setattr(reader, "READ_AHEAD", 100)  # windows of 100 bytes; 8 to 240-byte tensors
+    tensors = {f"t{i}": torch.randn(1 + i % 5, 1 + i % 12) for i in range(40)}
+    save_file(dict(list(tensors.items())[:25]), tmp_path / "a.safetensors")
+    save_file(dict(list(tensors.items())[25:]), tmp_path / "b.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: "a.safetensors" if int(n[1:]) < 25 else "b.safetensors" for n in tensors}}))
+    ckpt = open_checkpoint(tmp_path)
+    reads = [(n, r0, r1) for n, t in tensors.items() for r0 in range(t.shape[0]) for r1 in (r0 + 1, t.shape[0])]
+    random.Random(0).shuffle(reads)
+    for name, r0, r1 in sorted(reads, key=lambda r: ckpt.info(r[0]).start) + reads:
+        got = ckpt.read_rows(name, r0, r1, lambda n: memoryview(bytearray(n + 3)))
+        assert bytes(got) == tensors[name][r0:r1].numpy().tobytes(), (name, r0, r1)
+
+
 def test_read_rows_of_a_truncated_file_names_it(tmp_path):
     save_file({"a": torch.ones(64, 4), "b": torch.ones(64, 4)}, tmp_path / "m.safetensors")
     ckpt = open_checkpoint(tmp_path)
@@ -233,9 +252,20 @@ with open_checkpoint(root) as ckpt:
 def test_open_files_stay_bounded_whatever_the_shard_count(tmp_path):
     """Every shard read used to keep a descriptor (its map's) open: 400
     shards under a limit of 256 failed with "Too many open files"."""
-    done = subprocess.run([sys.executable, "-c", MANY_SHARDS, str(tmp_path), "400"], capture_output=True, text=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    done = subprocess.run([sys.executable, "-c", MANY_SHARDS, str(src), "400"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(int(n) < 200 for n in done.stdout.split()), done.stdout
+    (src / "config.json").write_text('{"hidden_size": 3}')
+    grow = ("import resource, sys; from ws_convert.engine import grow\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "grow(sys.argv[1], 6, out=sys.argv[2], arch='generic', max_shard_size=50)")
+    done = subprocess.run([sys.executable, "-c", grow, str(src), str(tmp_path / "out")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown = open_checkpoint(tmp_path / "out")
+    assert len(grown.files) == 400 and grown.tensor("t399")[1, 2] != 0
 
 
 def calls_to_grow(tmp_path: Path, tensors: int) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
-SMALL_CHUNK = 1 << 20  # output bytes below which a chunk runs on one thread (see _CpuStream)
+SMALL_CHUNK = 256 << 10  # output bytes below which a chunk runs on one thread (see _CpuStream)
 
 
 def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tuple[int, int] | None = None,
@@ -237,23 +236,13 @@ def _anonymous(size: int) -> mmap.mmap:
     return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def _fresh_buffer(n: int) -> memoryview:
-    return memoryview(bytearray(n))
-
-
-def _small_kernel(args: dict, source: memoryview | None) -> None:
-    """One small chunk on one thread; `source` holds the bytes at args' src_ptr alive until it ran."""
-    _ext.cpu.szp(args, 1)
-
-
 class _CpuStream(_Stream):
-    """The compiled CPU kernel on raw buffers, reused anonymous slots out. No
-    tensors, no torch. A chunk of SMALL_CHUNK bytes or more runs on all
-    threads while the caller waits, its source rows read into one reused
-    buffer. Smaller ones, where starting threads would cost more than the
-    work, run on one thread each, as many at once as there are threads, each
-    with its own copy of its source rows: a checkpoint of many small
-    tensors keeps every core busy too."""
+    """The compiled CPU kernel on raw buffers: source rows read into one
+    reused buffer (the kernel is done with them when it returns), reused
+    anonymous slots out. No tensors, no torch. A chunk under SMALL_CHUNK
+    bytes runs on one thread: the kernel would start threads for it that
+    cost more than they save, and running small chunks on threads of our own
+    makes each one wait for the interpreter lock."""
 
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
         super().__init__(sink, ckpt, chunk_bytes)
@@ -261,7 +250,6 @@ class _CpuStream(_Stream):
         self.slots = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
         self.source = _anonymous(chunk_bytes)
-        self.small = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="ws-convert-kernel")
 
     def source_buffer(self, n: int) -> memoryview:
         if n > len(self.source):
@@ -271,26 +259,16 @@ class _CpuStream(_Stream):
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
         n = (r1 - r0) * t.row_bytes
-        small = n < SMALL_CHUNK
         out = Buffer(self.addresses[k] + offset, n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
-        src = view = None
+        src = None
         if t.source is not None:
-            view = self.ckpt.read_rows(t.source, s0, s1, _fresh_buffer if small else self.source_buffer)
+            view = self.ckpt.read_rows(t.source, s0, s1, self.source_buffer)
             dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
             src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
         args = kernel_args(out, shape, (r0, r1), src, src_shape, s0, maps, shrink=t.shrink,
                            perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
-        data = memoryview(self.slots[k])[offset:offset + n]
-        if small:
-            return data, self.small.submit(_small_kernel, args, view).result
-        _ext.cpu.szp(args, self.threads)
-        return data, _nothing
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.small.shutdown(wait=True)  # no kernel may outlive the slots it writes
+        _ext.cpu.szp(args, 1 if n < SMALL_CHUNK else self.threads)
+        return memoryview(self.slots[k])[offset:offset + n], _nothing
 
 
 class _TorchStream(_Stream):
@@ -349,13 +327,29 @@ class _TorchStream(_Stream):
         return tensor_bytes(host_out), event.synchronize
 
 
+def reading_order(ckpt: Checkpoint, tensors: list[TensorPlan]) -> list[TensorPlan]:
+    """`tensors` sorted by where their sources lie (file, then offset); pure inits last."""
+    files = {f: i for i, f in enumerate(ckpt.files)}
+
+    def where(t: TensorPlan) -> tuple[int, int]:
+        if t.source is None:
+            return len(files), 0
+        info = ckpt.info(t.source)
+        return files[info.file], info.start
+
+    return sorted(tensors, key=where)
+
+
 def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", threads: int | None = None,
             chunk_bytes: int = DEFAULT_CHUNK_BYTES, tensors: list[TensorPlan] | None = None,
             progress: Callable[[int, int], None] | None = None) -> None:
     """Compute `tensors` (default: all of the plan) from the source `ckpt`
     in row chunks and hand each to `sink` on a worker thread, while the next
-    one is computed. `progress(nbytes, tensor_index)` follows the computing."""
-    tensors = plan.tensors if tensors is None else tensors
+    one is computed. Tensors go in the order their sources lie in the files
+    (the output is written by position, so the order changes no byte), which
+    makes the reads of many small ones sequential. `progress(nbytes, i)`
+    follows the computing of the i-th tensor in that order."""
+    tensors = reading_order(ckpt, plan.tensors if tensors is None else tensors)
     if not tensors:
         return
     largest_row = max(t.row_bytes for t in tensors)

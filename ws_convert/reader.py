@@ -41,6 +41,7 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_OPEN_FILES = 64  # per checkpoint; a mapped file holds a second descriptor
+READ_AHEAD = 1 << 20  # read_rows serves smaller reads from one read of this size
 MAX_JSON_DEPTH = 64  # real configs nest a few levels; deeper ones break recursive code later
 
 
@@ -247,6 +248,8 @@ class Checkpoint:
         self._loaded = loaded  # a pickle checkpoint, already in memory
         self._fds: OrderedDict[Path, int] = OrderedDict()
         self._maps: OrderedDict[Path, mmap.mmap] = OrderedDict()
+        self._ahead: memoryview | None = None  # read_rows' read-ahead buffer
+        self._window: tuple[Path | None, int, int] = (None, 0, 0)  # what it holds: file, [begin, end)
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -291,22 +294,43 @@ class Checkpoint:
         a writable byte buffer of at least the n bytes they take (the caller
         reuses one), and return that part. Positional reads, not a map: a
         file truncated meanwhile is an error naming it and the tensor
-        (touching a map past the end of its file kills the process with SIGBUS)."""
+        (touching a map past the end of its file kills the process with SIGBUS).
+
+        Reads under READ_AHEAD bytes are served from one read of READ_AHEAD
+        bytes, so that many small tensors read in file order cost few system
+        calls (each one lets other threads take the interpreter lock)."""
         info, _, offset, size = self._row_range(name, start, stop)
         target = buffer(size)[:size]
         if self._loaded is not None:
             target[:] = tensor_bytes(self._loaded[name])[offset:offset + size]
             return target
-        fd, done = self._fd(info.file), 0
-        while done < size:
-            try:
-                n = os.preadv(fd, [target[done:]], info.start + offset + done)
-            except OSError as exc:
-                raise CheckpointError(info.file, f"cannot read: {exc.strerror or exc}", name) from None
-            if n == 0:
-                raise CheckpointError(info.file, "the file was truncated while it was read", name)
-            done += n
+        pos = info.start + offset
+        if size >= READ_AHEAD:
+            self._pread(info, pos, target, size)
+            return target
+        file, begin, end = self._window
+        if file != info.file or not begin <= pos <= pos + size <= end:
+            if self._ahead is None:
+                self._ahead = memoryview(bytearray(READ_AHEAD))
+            file, begin, end = self._window = info.file, pos, pos + self._pread(info, pos, self._ahead, size)
+        target[:] = self._ahead[pos - begin:pos - begin + size]
         return target
+
+    def _pread(self, info: TensorInfo, pos: int, into: memoryview, need: int) -> int:
+        """Read from `pos` into `into` until full or the end of the file: at
+        least `need` bytes, else the file was cut short meanwhile."""
+        fd, done = self._fd(info.file), 0
+        while done < into.nbytes:
+            try:
+                n = os.preadv(fd, [into[done:]], pos + done)
+            except OSError as exc:
+                raise CheckpointError(info.file, f"cannot read: {exc.strerror or exc}", info.name) from None
+            if n == 0:
+                break
+            done += n
+        if done < need:
+            raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
+        return done
 
     def buffer(self, name: str, start: int, stop: int) -> memoryview:
         """The bytes of rows [start, stop) along axis 0, as a zero-copy view."""
