@@ -257,3 +257,27 @@ def test_the_hasher_refuses_a_source_that_shrinks(copy):
             f.truncate(last.start + 1)
         with SourceHasher(ckpt) as hasher, pytest.raises(CheckpointError, match="truncated while it was read"):
             hasher.result()
+
+
+def test_a_source_rewritten_with_the_same_tensors_verifies(copy, tmp_path):
+    from safetensors.torch import save_file
+
+    src = open_checkpoint(copy / "small")
+    (tmp_path / "one").mkdir()
+    save_file({n: src.tensor(n).clone() for n in src.tensors}, tmp_path / "one" / "model.safetensors",
+              metadata={"format": "pt"})
+    shutil.copy(copy / "small" / "config.json", tmp_path / "one")
+    code, lines = run_verify(copy / "grown", "--source", str(tmp_path / "one"))
+    assert code == 0 and lines[0].startswith("note: the source's files were rewritten since"), lines
+    assert lines[-1].startswith("ok:"), lines
+
+
+def test_a_changed_source_config_is_not_called_corruption(copy):
+    path = copy / "small" / "config.json"
+    config = json.loads(path.read_text())
+    config["rms_norm_eps"] = 1e-3
+    path.write_text(json.dumps(config))
+    code, lines = run_verify(copy / "grown")
+    assert code == 1 and "the source changed since: its config" in lines, lines
+    assert any(line.startswith("differs: config.json") for line in lines), lines
+    assert lines[-1].startswith("FAILED: the source changed since the output was made"), lines
