@@ -102,6 +102,7 @@ class SourceHasher:
         self._thread = threading.Thread(target=self._run, name="ws-convert-hash", daemon=True)
         self._hashes: dict[str, str] = {}
         self._error: BaseException | None = None
+        self._buffer: memoryview | None = None
 
     def __enter__(self) -> SourceHasher:
         self._thread.start()
@@ -123,6 +124,8 @@ class SourceHasher:
         try:
             if self.ckpt.files[0].suffix in PICKLE_SUFFIXES:  # already in memory
                 for name, info in self.ckpt.tensors.items():
+                    if self._stop.is_set():
+                        return
                     rows = info.shape[0] if info.shape else 1
                     self._hash(name, [self.ckpt.buffer(name, 0, rows)])
             else:
@@ -140,21 +143,22 @@ class SourceHasher:
         info = self.ckpt.tensors[name]
         h = xxhash.xxh3_128(f"{info.dtype} {list(info.shape)}\n".encode())
         for block in blocks:
-            if self._stop.is_set():
-                return
             h.update(block)
-        self._hashes[name] = h.hexdigest()
+        if not self._stop.is_set():
+            self._hashes[name] = h.hexdigest()
 
     def _blocks(self, f, info) -> typing.Iterator[memoryview]:
-        buf = memoryview(bytearray(min(HASH_BLOCK, info.nbytes)))
+        if self._buffer is None:  # one for all tensors: fresh pages cost a fault each
+            largest = max(i.nbytes for i in self.ckpt.tensors.values())
+            self._buffer = memoryview(bytearray(min(HASH_BLOCK, largest)))
         f.seek(info.start)
         left = info.nbytes
         while left and not self._stop.is_set():
-            n = f.readinto(buf[:min(left, len(buf))])
+            n = f.readinto(self._buffer[:min(left, len(self._buffer))])
             if not n:
                 raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
             left -= n
-            yield buf[:n]
+            yield self._buffer[:n]
 
 
 # -- reading a record back -------------------------------------------------------
