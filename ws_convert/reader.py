@@ -309,7 +309,7 @@ class Checkpoint:
             self._pread(info, pos, target, size)
             return target
         file, begin, end = self._window
-        if file != info.file or not begin <= pos <= pos + size <= end:
+        if file is not info.file or not begin <= pos <= pos + size <= end:  # one Path object per file
             if self._ahead is None:
                 self._ahead = memoryview(bytearray(READ_AHEAD))
             file, begin, end = self._window = info.file, pos, pos + self._pread(info, pos, self._ahead, size)
