@@ -55,7 +55,10 @@ def test_bare_file_needs_head_count(tmp_path):
         make_plan(src, GrowthOptions(to_width=128))
     plan = make_plan(src, GrowthOptions(to_width=128, num_heads=4))
     assert plan.target.heads == 8 and plan.config is None
-    with pytest.raises(PlanError, match="4.5 heads"):  # with --num-heads 3, width 96 has no whole head count
+    with pytest.raises(PlanError, match="4.5 heads"):  # width 72 has no whole head count
+        make_plan(src, GrowthOptions(to_width=72, num_heads=4))
+    with pytest.raises(PlanError, match=r"'transformer.h.0.attn.c_attn.weight' has shape \[64, 192\], but --num-heads "
+                                        r"gives it \[64, 189\]"):  # 3 heads of 21 cannot fill width 64
         make_plan(src, GrowthOptions(to_width=96, num_heads=3))
 
 

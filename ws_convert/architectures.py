@@ -59,7 +59,9 @@ class Param:
 class Architecture:
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values
-    keys: dict[str, tuple[str, ...]]  # size -> config keys that hold it, first found wins
+    # size -> config keys that hold it: the first present one is read (transformers lets an alias
+    # override the family's own name), the last is the family's own name, written when none is present
+    keys: dict[str, tuple[str, ...]]
     prefixes: tuple[str, ...]  # model prefixes seen in checkpoints ('{p}')
     layer: str  # layer name prefix, '{p}' and '{i}' filled in
     globals: tuple[Param, ...]
@@ -70,6 +72,14 @@ class Architecture:
     tie_default: bool = False
     ffn_default: int | None = None  # ffn = this x width when the config leaves it empty
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    per_layer: tuple[str, ...] = ()  # config keys holding a list with one entry per layer
+
+    @property
+    def nullable(self) -> tuple[str, ...]:
+        """Sizes a source config may set to null, read as derived from the
+        others: head_dim = width / heads, kv-heads = heads, and ffn =
+        ffn_default x width where the family has one."""
+        return ("head_dim", "kv_heads", *(("ffn",) if self.ffn_default else ()))
 
 
 _LLAMA_KEYS = {
@@ -109,14 +119,16 @@ LLAMA = Architecture(
     rotary=True,
     tied=("lm_head.weight", "{p}embed_tokens.weight"),
     aliases=("mistral", "qwen2", "qwen3"),
+    per_layer=("layer_types",),
 )
 
 # Hugging Face GPT-2 stores Conv1D weights as [in, out].
 GPT2 = Architecture(
     name="gpt2",
     model_types=("gpt2",),
-    keys={"width": ("n_embd",), "ffn": ("n_inner",), "heads": ("n_head",), "layers": ("n_layer",),
-          "vocab": ("vocab_size",), "ctx": ("n_positions",)},
+    keys={"width": ("hidden_size", "n_embd"), "ffn": ("n_inner",), "heads": ("num_attention_heads", "n_head"),
+          "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
+          "ctx": ("max_position_embeddings", "n_positions")},
     prefixes=("transformer.", ""),
     layer="{p}h.{i}.",
     globals=(
@@ -173,6 +185,7 @@ MUP_GPT = Architecture(
     ),
     rotary=True,
     tie_key=None,
+    ffn_default=4,  # GPTConfig: a missing or null ffn is 4 x width
 )
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, LLAMA, MUP_GPT)}

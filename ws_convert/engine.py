@@ -65,7 +65,8 @@ def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int, *, co
     for t in plan.tensors:
         src = state_dict[t.source].contiguous() if t.source is not None else None
         device = src.device if src is not None else next(iter(state_dict.values())).device
-        grown[t.name] = run_tensor(t, src, plan.options.seed, threads=threads, device=device)
+        grown[t.name] = src.clone() if t.verbatim else run_tensor(t, src, plan.options.seed, threads=threads,
+                                                                  device=device)
     return grown, plan
 
 
@@ -194,7 +195,8 @@ class _Stream:
             self.flush()
         if not self.batch and self.pending[self.slot] is not None:
             self.pending[self.slot].result()  # re-raises a sink error here
-        data, done = self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1)
+        data, done = (self.copy(self.slot, self.used, t, r0, r1) if t.verbatim else
+                      self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1))
         self.batch.append((done, t.name, data, r0))
         self.used += n
         if not self.share:
@@ -205,6 +207,16 @@ class _Stream:
         """Start output rows [r0, r1) of `t` at `offset` in slot k; returns the
         host bytes it lands in and what to wait for before they are complete."""
         raise NotImplementedError
+
+    def slot_bytes(self, k: int) -> memoryview:
+        """Host slot k as bytes."""
+        raise NotImplementedError
+
+    def copy(self, k: int, offset: int, t: TensorPlan, r0: int, r1: int) -> tuple[memoryview, Callable[[], None]]:
+        """Rows [r0, r1) of a tensor copied byte for byte (`TensorPlan.verbatim`),
+        read straight into slot k at `offset`: its source rows are its rows."""
+        n = (r1 - r0) * t.row_bytes
+        return self.ckpt.read_rows(t.source, r0, r1, lambda _: self.slot_bytes(k)[offset:offset + n]), _nothing
 
     def flush(self) -> None:
         """Hand the current slot's chunks to the sink; move to the next slot."""
@@ -251,6 +263,9 @@ class _CpuStream(_Stream):
         self.addresses = [address(m) for m in self.slots]
         self.source = _anonymous(chunk_bytes)
 
+    def slot_bytes(self, k: int) -> memoryview:
+        return memoryview(self.slots[k])
+
     def source_buffer(self, n: int) -> memoryview:
         if n > len(self.source):
             self.source = _anonymous(n)
@@ -288,6 +303,9 @@ class _TorchStream(_Stream):
             self.stream = torch.cuda.Stream(self.device)
             self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
             self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
+
+    def slot_bytes(self, k: int) -> memoryview:
+        return tensor_bytes(self.host[k])
 
     def source_buffer(self, k: int, n: int) -> memoryview:
         """Slot k's source staging (pinned on a GPU), grown to n bytes if smaller."""

@@ -7,14 +7,20 @@ ambiguous is refused rather than guessed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 from .architectures import Role
 from .errors import PlanError
-from .plan import GrowthOptions, Plan, Sizes, Source, TensorPlan, config_value, output_dtype, init_for
+from .plan import (GrowthOptions, Plan, Sizes, Source, TensorPlan, base_shape, config_sizes, init_for,
+                   output_dtype)
 from .szp_spec import Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
 FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": ("num_attention_heads", "n_head"),
+             "kv_heads": ("num_key_value_heads",), "head_dim": ("head_dim",)}
+NULLABLE = ("ffn", "head_dim", "kv_heads")  # null: not known
 
 
 def _role(name: str, growing: list[bool]) -> tuple[Role, int | None]:
@@ -32,18 +38,51 @@ def _role(name: str, growing: list[bool]) -> tuple[Role, int | None]:
     raise PlanError(f"tensor '{name}': cannot tell its μP role from {len(growing)} axes; give --arch")
 
 
-def plan_generic(source: Source, o: GrowthOptions) -> Plan:
-    config = source.config or {}
-    width = config_value(config, WIDTH_KEYS)
-    if width is None:
+def _head_dim(source: Source, given: dict[str, tuple[int, str]], to_width: int) -> tuple[int, int, int | None]:
+    """(heads, head_dim, grown head_dim or None when it stays). A config that
+    names heads is read with the width split into them: the grown config
+    must agree with the padded projections, so the heads must split the new
+    width too, and grouped key/value heads (whose rows are not the width)
+    cannot follow."""
+    width = given["width"][0]
+    if "heads" not in given:
+        return 1, width, None
+    heads, key = given["heads"]
+    head_dim = given["head_dim"][0] if "head_dim" in given else width // heads
+    if heads * head_dim != width:
+        if "head_dim" in given:
+            return heads, head_dim, None  # heads of their own size: not padded, not changed
+        raise PlanError(f"{source.config_name}: '{key}' is {heads}, which does not split the width {width}")
+    if to_width % heads:
+        raise PlanError(f"{source.config_name}: '{key}' is {heads}, which does not split --to-width {to_width}")
+    if given.get("kv_heads", (heads,))[0] != heads:
+        kv, kv_key = given["kv_heads"]
+        raise PlanError(f"{source.config_name}: '{kv_key}' is {kv}: --arch generic cannot grow grouped key/value "
+                        "heads; give --arch")
+    return heads, head_dim, to_width // heads
+
+
+def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, object] | None = None,
+                 base_path: str | Path | None = None) -> Plan:
+    given = config_sizes(SIZE_KEYS, source, NULLABLE)
+    if "width" not in given:
         raise PlanError(f"{source.path}: --arch generic needs the width from a config.json "
                         f"({', '.join(WIDTH_KEYS)})")
+    width = given["width"][0]
     if o.to_width <= width:
         raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
     if o.to_depth:
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
-    ffn = config_value(config, FFN_KEYS)
+    ffn = given["ffn"][0] if "ffn" in given else None
+    if o.to_ffn and not ffn:
+        raise PlanError(f"{source.config_name}: --to-ffn needs the ffn size in the config ({', '.join(FFN_KEYS)})")
     to_ffn = o.to_ffn or (ffn * o.to_width // width if ffn else None)
+    if ffn and to_ffn < ffn:
+        raise PlanError(f"--to-ffn {to_ffn} is smaller than the source ffn {ffn}")
+    if ffn == width and to_ffn != o.to_width:
+        raise PlanError(f"{source.config_name}: the ffn size is the width ({width}), so --arch generic cannot tell "
+                        "their axes apart; give --arch")
+    heads, head_dim, grown_head_dim = _head_dim(source, given, o.to_width)
     grow = {width: o.to_width, **({ffn: to_ffn} if ffn else {})}
     tensors = []
     base_shapes = {}
@@ -55,7 +94,9 @@ def plan_generic(source: Source, o: GrowthOptions) -> Plan:
         growing = [d in grow for d in shape]
         out_shape = tuple(grow.get(d, d) for d in shape)
         role, fan_in = _role(name, growing) if any(growing) else (Role.BUFFER, None)
-        base = [d if g else None for d, g in zip(shape, growing)]
+        base = base_shape(base_file, base_path, name, None, len(shape))
+        if base is None:
+            base = [d if g else None for d, g in zip(shape, growing)]
         base_shapes[name] = base
         init = init_for(role, out_shape[fan_in] if fan_in is not None else None,
                         base[fan_in] if fan_in is not None else None, o)
@@ -63,16 +104,15 @@ def plan_generic(source: Source, o: GrowthOptions) -> Plan:
         tensors.append(TensorPlan(name, name, shape, out_shape, output_dtype(dtype, o.dtype), role,
                                   tuple((Segment(0, 0, d),) if d else () for d in shape), shrink, perturb, init,
                                   name, "generic" if any(growing) else "unchanged, copied"))
-    heads = config_value(config, ("num_attention_heads", "n_head")) or 1
-    src = Sizes(width, ffn or 0, heads, heads, width // heads, 0)
-    dst = Sizes(o.to_width, to_ffn or 0, heads, heads, o.to_width // heads, 0)
+    src = Sizes(width, ffn or 0, heads, heads, head_dim, 0)
+    dst = Sizes(o.to_width, to_ffn or 0, heads, heads, grown_head_dim or head_dim, 0)
     warnings = [f"generic architecture: every axis of size {width}"
                 + (f" or {ffn}" if ffn else "") + " is padded top-left; heads and fused projections "
                 "are not known, so check the result or give --arch"]
-    new_config = dict(config)
-    for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn)):
+    new_config = dict(source.config or {})
+    for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn), (SIZE_KEYS["head_dim"], grown_head_dim)):
         for k in keys:
-            if k in new_config and value is not None:
+            if new_config.get(k) is not None and value is not None:
                 new_config[k] = value
     return Plan("generic", src, dst, o, tensors, new_config if source.config else None, base_shapes, [],
                 warnings, sum(math.prod(s) for _, s in source.tensors.values()))

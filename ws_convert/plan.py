@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from fractions import Fraction
 from pathlib import Path
 
 from .architectures import ARCHITECTURES, Architecture, Axis, Kind, Param, Role, by_name
 from .errors import PlanError
 from .safetensors_spec import ITEMSIZE
-from .szp_spec import Constant, Init, Normal, Segment
+from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
@@ -23,6 +24,9 @@ HEAD_POLICIES = ("heads", "head-dim")
 DEPTH_POLICIES = ("stack", "interleave", "init")
 NORM_POLICIES = ("shrink", "copy")
 NORM_ROLES = (Role.NORM_GAIN, Role.NORM_BIAS)
+MAX_DIM = 2**63 - 1  # no axis of a tensor that can be stored is longer
+MAX_LAYERS = 1 << 16  # far deeper than any model; bounds the plan's size
+OP_DTYPES = " or ".join([", ".join(list(KERNEL_DTYPES)[:-1]), list(KERNEL_DTYPES)[-1]])
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,21 @@ class Source:
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (safetensors dtype, shape)
     config: dict | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    config_path: str | None = None  # where the config was read, for messages
 
     @classmethod
     def of(cls, ckpt) -> Source:
         """From an open reader.Checkpoint."""
+        config_path = None
+        if ckpt.config is not None:
+            beside = Path(ckpt.path).parent / "config.json"
+            config_path = str(beside) if beside.is_file() else f"{ckpt.files[0]} (__metadata__ config)"
         return cls(str(ckpt.path), {n: (i.dtype, i.shape) for n, i in ckpt.tensors.items()},
-                   ckpt.config, ckpt.metadata)
+                   ckpt.config, ckpt.metadata, config_path)
+
+    @property
+    def config_name(self) -> str:
+        return self.config_path or f"{self.path} (config)"
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,23 @@ class TensorPlan:
     @property
     def noise_std(self) -> float:
         return self.init.std * self.perturb if isinstance(self.init, Normal) else 0.0
+
+    @property
+    def unchanged(self) -> bool:
+        """The output is its source as it is: same shape, every element in
+        place, shrink 1 and nothing added."""
+        added = self.noise_std if isinstance(self.init, Normal) else \
+            self.perturb * (abs(self.init.value) + abs(self.init.source_value))
+        return (self.source is not None and self.src_shape == self.shape and self.shrink == 1 and added == 0
+                and all(m == (Segment(0, 0, d),) or (d == 0 and m == ()) for m, d in zip(self.maps, self.shape)))
+
+    @property
+    def verbatim(self) -> bool:
+        """Copied byte for byte instead of computed: a dtype the op does not
+        take, which planning admits only for an unchanged copy (a buffer).
+        Float buffers still go through the op, which makes NaNs canonical and
+        -0 into +0, so their bytes stay what they always were."""
+        return self.dtype not in KERNEL_DTYPES
 
 
 @dataclass
@@ -193,39 +223,159 @@ def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, 
                     f"give --arch ({', '.join(sorted(ARCHITECTURES))} or generic)")
 
 
-def config_value(config: dict, keys: tuple[str, ...]) -> int | None:
-    for k in keys:
-        if isinstance(config.get(k), int) and not isinstance(config.get(k), bool):
-            return config[k]
-    return None
+def shown(value: object) -> str:
+    """A value from a file or a caller, short and on one line, for a message."""
+    if type(value) is int and abs(value) > MAX_DIM:
+        return f"{'-' if value < 0 else ''}a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_sizes(keys: Mapping[str, tuple[str, ...]], source: Source,
+                 nullable: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+    """The sizes the config gives, as size -> (value, key): the first of each
+    size's keys that is present, which must hold a positive whole number (or
+    null, for the `nullable` sizes)."""
+    config = source.config or {}
+    given = {}
+    for size, names in keys.items():
+        key = next((k for k in names if k in config), None)
+        if key is None or (config[key] is None and size in nullable):
+            continue
+        value = config[key]
+        if type(value) is not int or value <= 0:
+            raise PlanError(f"{source.config_name}: '{key}' is {shown(value)}, not a positive whole number")
+        if value > MAX_DIM:
+            raise PlanError(f"{source.config_name}: '{key}' is {shown(value)}, larger than any tensor can be")
+        given[size] = (value, key)
+    return given
+
+
+# The sizes an axis kind is made of, to say where a wrong axis size came from.
+KIND_SIZES = {Kind.WIDTH: ("width",), Kind.FFN: ("ffn",), Kind.Q: ("heads", "head_dim"),
+              Kind.KV: ("kv_heads", "head_dim"), Kind.HEAD: ("head_dim",), Kind.VOCAB: ("vocab",),
+              Kind.CTX: ("ctx",)}
+
+
+def _read_sizes(arch: Architecture, prefix: str, source: Source,
+                options: GrowthOptions) -> tuple[Sizes, dict[str, str]]:
+    """Sizes from config.json or metadata, then flags, then tensor shapes,
+    and where each came from (for messages). Only what the sizes need of
+    the tensors is checked here."""
+    given = config_sizes(arch.keys, source, arch.nullable)
+    value = {size: v for size, (v, _) in given.items()}
+    origin = {size: f"'{key}' in {source.config_name}" for size, (_, key) in given.items()}
+    for size, flag, v in (("heads", "--num-heads", options.num_heads), ("kv_heads", "--num-kv-heads",
+                                                                        options.num_kv_heads)):
+        if v:
+            value[size], origin[size] = v, flag
+
+    def derive(size: str, v: int, where: str) -> None:
+        if size not in value:
+            value[size], origin[size] = v, where
+
+    def positive(*sizes: str) -> None:
+        for size in sizes:
+            if value[size] == 0:
+                raise PlanError(f"{source.path}: {origin[size]} gives {size} 0")
+
+    emb_name = arch.globals[0].name.format(p=prefix)
+    emb = source.tensors[emb_name][1]
+    if len(emb) != 2:
+        raise PlanError(f"{source.path}: tensor '{emb_name}' has shape {list(emb)}, not [vocab, width]")
+    derive("width", emb[1], f"the shape of '{emb_name}'")
+    derive("vocab", emb[0], f"the shape of '{emb_name}'")
+    positive("width", "vocab")
+    for p in arch.globals:  # a position embedding holds the context
+        name = p.name.format(p=prefix)
+        if Kind.CTX in p.axes and name in source.tensors and len(source.tensors[name][1]) == len(p.axes):
+            derive("ctx", source.tensors[name][1][p.axes.index(Kind.CTX)], f"the shape of '{name}'")
+            positive("ctx")
+
+    layer_re = re.compile(re.escape(arch.layer.format(p=prefix, i="@")).replace("@", "([0-9]+)"))
+    found = {int(m.group(1)) for n in source.tensors if (m := layer_re.match(n))}
+    if not found and "layers" not in value:
+        raise PlanError(f"{source.path}: no layer tensors ('{arch.layer.format(p=prefix, i=0)}...')")
+    derive("layers", max(found, default=-1) + 1, "the layer tensors")
+    layers = value["layers"]
+    if len(found) != layers or max(found, default=-1) != layers - 1:
+        if "layers" in given:
+            raise PlanError(f"{source.path}: {origin['layers']} gives {layers} layers, but the checkpoint "
+                            f"has tensors of {len(found)}")
+        missing = next(i for i in range(layers) if i not in found)
+        raise PlanError(f"{source.path}: layer {missing} has no tensors (layer {layers - 1} has)")
+    config = source.config or {}
+    for key in arch.per_layer:
+        entries = config.get(key)
+        if entries is not None and (not isinstance(entries, list) or len(entries) != layers):
+            count = f"{len(entries)} entries" if isinstance(entries, list) else shown(entries)
+            raise PlanError(f"{source.config_name}: '{key}' is {count}, not one entry for each of {layers} layers")
+    if arch.tie_key in config and type(config[arch.tie_key]) is not bool:
+        raise PlanError(f"{source.config_name}: '{arch.tie_key}' is {shown(config[arch.tie_key])}, not true or false")
+
+    if "heads" not in value:
+        raise PlanError(f"{source.path}: the head count is not in a config.json or the metadata; "
+                        "give --num-heads")
+    heads, width = value["heads"], value["width"]
+    derive("kv_heads", heads, origin["heads"])
+    derive("head_dim", width // heads, origin["heads"])
+    if value["head_dim"] == 0:
+        raise PlanError(f"{source.path}: {origin['heads']} gives {heads} heads, more than the width {width} "
+                        "holds (and no head_dim is given)")
+    if arch.rotary and value["head_dim"] % 2:
+        raise PlanError(f"{source.path}: {origin['head_dim']} gives head_dim {value['head_dim']}, but rotary "
+                        "positions need an even one")
+    if heads % value["kv_heads"]:
+        raise PlanError(f"{source.path}: {origin['kv_heads']} gives {value['kv_heads']} kv-heads, which do not "
+                        f"divide the {heads} heads")
+    if arch.ffn_default:
+        derive("ffn", arch.ffn_default * width, f"{origin['width']} (ffn {arch.ffn_default} x width)")
+    elif "ffn" not in value:
+        up = next(p for p in arch.blocks if p.axes and p.axes[0] == Kind.FFN)
+        name = arch.layer.format(p=prefix, i=0) + up.name
+        if name not in source.tensors:
+            raise PlanError(f"{source.path}: missing tensor '{name}'")
+        derive("ffn", (source.tensors[name][1] or (0,))[0], f"the shape of '{name}'")
+    positive("ffn")
+    sizes = Sizes(width, value["ffn"], heads, value["kv_heads"], value["head_dim"], layers, value["vocab"],
+                  value.get("ctx"))
+    return sizes, origin
+
+
+def _arch_params(arch: Architecture, prefix: str, layers: int) -> list[tuple[Param, str]]:
+    return [(p, p.name.format(p=prefix)) for p in arch.globals] + [
+        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in arch.blocks]
+
+
+def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes, origin: dict[str, str]) -> None:
+    """Every tensor of the architecture in `source` has the shape `sizes` give it."""
+    for p, name in _arch_params(arch, prefix, sizes.layers):
+        if name not in source.tensors:
+            continue
+        actual = source.tensors[name][1]
+        if len(actual) != len(p.axes):
+            raise PlanError(f"{source.path}: tensor '{name}' has shape {list(actual)}, not the {len(p.axes)} "
+                            f"axes of a {arch.name} '{p.name}'")
+        expected = [axis_size(a, sizes) for a in p.axes]
+        wrong = [a for a, e, d in zip(p.axes, expected, actual) if e is not None and e != d]
+        if wrong:
+            kinds = [k for a in wrong for k in (a if isinstance(a, tuple) else (a,))]
+            where = dict.fromkeys(origin[s] for k in kinds for s in KIND_SIZES.get(k, ()) if s in origin)
+            want = [d if e is None else e for e, d in zip(expected, actual)]
+            raise PlanError(f"{source.path}: tensor '{name}' has shape {list(actual)}, but {' and '.join(where)} "
+                            f"{'give' if len(where) > 1 else 'gives'} it {want}")
 
 
 def source_sizes(arch: Architecture, prefix: str, source: Source, options: GrowthOptions) -> Sizes:
-    """Sizes from config.json or metadata, then flags, then tensor shapes."""
-    config = source.config or {}
-    get = lambda key: config_value(config, arch.keys.get(key, ()))  # noqa: E731
-    shape = lambda name: source.tensors[name.format(p=prefix)][1]  # noqa: E731
-    emb = shape(arch.globals[0].name)
-    width = get("width") or emb[1]
-    vocab = get("vocab") or emb[0]
-    layer_re = re.compile(re.escape(arch.layer.format(p=prefix, i="@")).replace("@", "([0-9]+)"))
-    found = {int(m.group(1)) for n in source.tensors if (m := layer_re.match(n))}
-    layers = get("layers") or (max(found) + 1 if found else 0)
-    heads = options.num_heads or get("heads")
-    if heads is None:
-        raise PlanError(f"{source.path}: the head count is not in a config.json or the metadata; "
-                        "give --num-heads")
-    ffn = get("ffn") or (arch.ffn_default * width if arch.ffn_default else None)
-    if ffn is None:
-        up = next((p for p in arch.blocks if p.axes and p.axes[0] == Kind.FFN), None)
-        ffn = shape(arch.layer.format(p=prefix, i=0) + up.name)[0]
-    head_dim = get("head_dim") or width // heads
-    kv_heads = options.num_kv_heads or get("kv_heads") or heads
-    ctx = get("ctx")
-    sizes = Sizes(width, ffn, heads, kv_heads, head_dim, layers, vocab, ctx)
-    if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
-        raise PlanError(f"{source.path}: {heads} heads cannot be grouped over {kv_heads} kv-heads")
+    """Sizes from config.json or metadata, then flags, then tensor shapes;
+    refused unless every tensor of the architecture has the shape they give."""
+    sizes, origin = _read_sizes(arch, prefix, source, options)
+    _check_shapes(arch, prefix, source, sizes, origin)
     return sizes
+
+
+def _whole(x: Fraction) -> bool:
+    return x.denominator == 1
 
 
 def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
@@ -236,25 +386,25 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
     if o.head_policy not in HEAD_POLICIES:
         raise PlanError(f"--head-policy must be one of {', '.join(HEAD_POLICIES)}")
     if o.head_policy == "heads":
-        heads, kv, hd = src.heads * w2 / w, src.kv_heads * w2 / w, src.head_dim
-        if heads != int(heads):
-            raise PlanError(f"--to-width {w2} would give {src.heads} x {w2}/{w} = {heads:g} heads, not a whole "
-                            f"number; pick a width that is a multiple of {w // math.gcd(w, src.heads)}")
-        if kv != int(kv):
-            raise PlanError(f"--to-width {w2} would give {kv:g} kv-heads, which breaks the GQA group size "
+        heads, kv, hd = Fraction(src.heads * w2, w), Fraction(src.kv_heads * w2, w), Fraction(src.head_dim)
+        if not _whole(heads):
+            raise PlanError(f"--to-width {w2} would give {src.heads} x {w2}/{w} = {float(heads):g} heads, not a "
+                            f"whole number; pick a width that is a multiple of {w // math.gcd(w, src.heads)}")
+        if not _whole(kv):
+            raise PlanError(f"--to-width {w2} would give {float(kv):g} kv-heads, which breaks the GQA group size "
                             f"{src.heads // src.kv_heads}")
     else:
-        heads, kv, hd = src.heads, src.kv_heads, src.head_dim * w2 / w
-        if hd != int(hd) or (rotary and int(hd) % 2):
-            raise PlanError(f"--to-width {w2} would give head_dim {hd:g}, which is not a whole"
+        heads, kv, hd = Fraction(src.heads), Fraction(src.kv_heads), Fraction(src.head_dim * w2, w)
+        if not _whole(hd) or (rotary and hd % 2):
+            raise PlanError(f"--to-width {w2} would give head_dim {float(hd):g}, which is not a whole"
                             f"{' even' if rotary else ''} number")
     if o.to_ffn is not None:
-        ffn = o.to_ffn
+        ffn = Fraction(o.to_ffn)
         if ffn < src.ffn:
-            raise PlanError(f"--to-ffn {ffn} is smaller than the source ffn {src.ffn}")
+            raise PlanError(f"--to-ffn {o.to_ffn} is smaller than the source ffn {src.ffn}")
     else:
-        ffn = src.ffn * w2 / w
-        if ffn != int(ffn):
+        ffn = Fraction(src.ffn * w2, w)
+        if not _whole(ffn):
             raise PlanError(f"ffn {src.ffn} does not scale to a whole size at width {w2}; give --to-ffn")
     layers = o.to_depth or src.layers
     if layers < src.layers:
@@ -315,18 +465,46 @@ def is_infinite(axis: Axis, policy: str) -> bool:
 
 # -- base shapes and roles ------------------------------------------------------
 
-def read_base_shapes(path: str | Path) -> dict[str, list[int | None]]:
-    """A mup base-shapes file: YAML {name: [base_dim or null, ...]}."""
+def read_base_shapes(path: str | Path) -> dict[str, object]:
+    """A mup base-shapes file: YAML {name: [base_dim or null, ...]}. Each
+    tensor's entry is checked where it is used (`base_shape`)."""
     import yaml
 
+    from .reader import read_file
+
+    raw = read_file(Path(path))  # refuses what is not a regular file, or too large, naming it
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlanError(f"{path}: cannot read base shapes: {exc}") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(v, list) and all(d is None or isinstance(d, int) for d in v) for v in data.values()):
-        raise PlanError(f"{path}: base shapes must map names to lists of integers or null")
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: base shapes are not UTF-8 text") from None
+    except RecursionError:
+        raise PlanError(f"{path}: base shapes are nested too deeply") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PlanError(f"{path}: base shapes are not valid YAML ({problem}{where})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise PlanError(f"{path}: base shapes must map tensor names to lists of base sizes")
     return data
+
+
+def base_shape(base_file: Mapping[str, object] | None, path: str | Path | None, name: str,
+               src_name: str | None, ndim: int) -> list[int | None] | None:
+    """The base shape a base-shapes file gives tensor `name` (or else its
+    source), which must be `ndim` positive whole numbers or nulls; None
+    without a file."""
+    if base_file is None:
+        return None
+    key = name if name in base_file else src_name if src_name in base_file else None
+    if key is None:
+        raise PlanError(f"{path}: no base shape for '{name}'")
+    dims = base_file[key]
+    if not (isinstance(dims, list) and len(dims) == ndim
+            and all(d is None or (type(d) is int and 0 < d <= MAX_DIM) for d in dims)):
+        raise PlanError(f"{path}: the base shape of '{key}' is {shown(dims)}, not a list of {ndim} positive "
+                        "whole numbers or nulls")
+    return dims
 
 
 def write_base_shapes(base: Mapping[str, list[int | None]]) -> str:
@@ -352,30 +530,91 @@ def init_for(role: Role, fan_in: int | None, base_fan_in: int | None, o: GrowthO
 # -- the plan -------------------------------------------------------------------
 
 def output_dtype(src_dtype: str, option: str) -> str:
-    if option == "keep":
+    """The output dtype under --dtype. It converts only what the op computes
+    (F32, BF16, F16); any other dtype (integer and boolean buffers, F64, F8,
+    C64), which only an unchanged copy may have, keeps its own."""
+    if option == "keep" or src_dtype not in KERNEL_DTYPES:
         return src_dtype
     return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[option]
 
 
+def _check_options(o: GrowthOptions) -> None:
+    """Knobs a plan can be made of: whole sizes an output can have, finite scales."""
+    for flag, value, most in (("--to-width", o.to_width, MAX_DIM), ("--to-ffn", o.to_ffn, MAX_DIM),
+                              ("--to-depth", o.to_depth, MAX_LAYERS), ("--num-heads", o.num_heads, MAX_DIM),
+                              ("--num-kv-heads", o.num_kv_heads, MAX_DIM)):
+        if value is None and flag != "--to-width":
+            continue
+        if type(value) is not int or value <= 0:
+            raise PlanError(f"{flag} must be a positive whole number, not {shown(value)}")
+        if value > most:
+            raise PlanError(f"{flag} {shown(value)} is beyond the largest that can be written ({most})")
+    if type(o.seed) is not int or not 0 <= o.seed < 2**64:
+        raise PlanError(f"--seed must be a whole number from 0 to 2**64 - 1, not {shown(o.seed)}")
+    for flag, value in (("--shrink", o.shrink), ("--perturb", o.perturb), ("--init-std", o.init_std)):
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise PlanError(f"{flag} must be a finite number, not {shown(value)}")
+    if o.readout_init not in ("zero", "normal"):
+        raise PlanError("--readout-init must be zero or normal")
+    if o.dtype not in ("keep", "float32", "bfloat16", "float16"):
+        raise PlanError("--dtype must be keep, float32, bfloat16 or float16")
+
+
+def _float32(x: float) -> bool:
+    """Whether the kernel's float32 knob can hold x."""
+    try:
+        return math.isfinite(f32(x))
+    except OverflowError:
+        return False
+
+
+def _check_tensors(source: Source, plan: Plan) -> None:
+    """What the engine must be able to do with every planned tensor: compute
+    it (or copy it unchanged), with float32 knobs, into a file that can
+    address it."""
+    o = plan.options
+    for t in plan.tensors:
+        if t.verbatim and not t.unchanged:
+            raise PlanError(f"{source.path}: tensor '{t.source or t.name}' is {t.dtype}, which the op cannot "
+                            f"compute ({t.role.value}); it takes {OP_DTYPES}")
+        scales = [t.shrink, t.noise_std] if isinstance(t.init, Normal) else [
+            t.shrink, t.perturb * t.init.value, t.perturb * t.init.source_value]
+        bad = next((x for x in scales if not _float32(x)), None)
+        if bad is not None:
+            raise PlanError(f"tensor '{t.name}': --shrink {o.shrink:g}, --perturb {o.perturb:g} and --init-std "
+                            f"{o.init_std:g} give it a scale of {bad:g}, beyond float32")
+    if plan.bytes_after > MAX_DIM:
+        largest = max(plan.tensors, key=lambda t: t.numel * ITEMSIZE[t.dtype])
+        raise PlanError(f"the grown checkpoint would take {plan.bytes_after} bytes (tensor '{largest.name}' "
+                        f"{list(largest.shape)}), more than a file can address; pick a smaller --to-width, "
+                        "--to-ffn or --to-depth")
+
+
 def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Path | None = None) -> Plan:
     """Plan a growth of `source`; raises PlanError before anything is written."""
-    if options.readout_init not in ("zero", "normal"):
-        raise PlanError("--readout-init must be zero or normal")
-    if options.dtype not in ("keep", "float32", "bfloat16", "float16"):
-        raise PlanError("--dtype must be keep, float32, bfloat16 or float16")
+    _check_options(options)
+    base_file = read_base_shapes(base_shapes_file) if base_shapes_file else None
     arch, prefix = detect(source, options.arch)
     if arch is None:
         from .generic import plan_generic
-        return plan_generic(source, options)
+        plan = plan_generic(source, options, base_file, base_shapes_file)
+    else:
+        plan = _plan_arch(arch, prefix, source, options, base_file, base_shapes_file)
+        _check_grown_config(arch, prefix, source, plan)
+    _check_tensors(source, plan)
+    return plan
+
+
+def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthOptions,
+               base_file: Mapping[str, object] | None, base_shapes_file: str | Path | None) -> Plan:
     src = source_sizes(arch, prefix, source, options)
     dst = target_sizes(src, options, arch.rotary)
     policy = options.head_policy
-    base_file = read_base_shapes(base_shapes_file) if base_shapes_file else None
     config = source.config or {}
     tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
     # μP base shapes: the source's own, or scaled to the base width its config names
-    base_width = config_value(config, arch.keys.get("base_width", ())) or src.width
+    base_width = config_sizes(arch.keys, source, arch.nullable).get("base_width", (src.width,))[0]
 
     def full(p: Param, i: int | None) -> str:
         name = p.name if i is None else arch.layer + p.name
@@ -389,12 +628,14 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
             raise PlanError(f"{source.path}: missing tensor '{full(p, None)}' of a {arch.name} checkpoint")
     for j, s in enumerate(sources):
         for p in arch.blocks:
-            present = full(p, s if s is not None else 0) in source.tensors
+            # a buffer is no parameter to initialise: a new layer copies layer 0's
+            s_p = 0 if s is None and p.role == Role.BUFFER else s
+            present = full(p, s_p if s_p is not None else 0) in source.tensors
             if not present and not p.optional:
-                raise PlanError(f"{source.path}: missing tensor '{full(p, s if s is not None else 0)}'")
+                raise PlanError(f"{source.path}: missing tensor '{full(p, s_p if s_p is not None else 0)}'")
             if present:
-                wanted.append((p, full(p, j), full(p, s) if s is not None else None))
-    known = {full(p, None) for p in arch.globals} | {full(p, i) for i in range(src.layers) for p in arch.blocks}
+                wanted.append((p, full(p, j), full(p, s_p) if s_p is not None else None))
+    known = {name for _, name in _arch_params(arch, prefix, src.layers)}
     unknown = sorted(set(source.tensors) - known)
     if unknown:
         raise PlanError(f"{source.path}: tensor '{unknown[0]}' is not part of a {arch.name} model "
@@ -403,24 +644,15 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     tensors, base_shapes = [], {}
     readout, embedding = (n.format(p=prefix) for n in arch.tied) if arch.tied else (None, None)
     for p, name, src_name in wanted:
-        src_shape = tuple(axis_size(a, src) or 0 for a in p.axes)
-        if src_name is not None:
-            dtype, actual = source.tensors[src_name]
-            expected = tuple(axis_size(a, src) or actual[k] for k, a in enumerate(p.axes))
-            if actual != expected:
-                raise PlanError(f"{source.path}: tensor '{src_name}' has shape {list(actual)}, the config "
-                                f"says {list(expected)}; check --num-heads / --num-kv-heads")
-            src_shape = actual
-        else:
-            dtype = source.tensors[full(p, 0)][0]
-        shape = tuple(axis_size(a, dst) or src_shape[k] for k, a in enumerate(p.axes))
-        maps = tuple(axis_map(a, src, dst, policy, arch.rotary) if axis_size(a, src) is not None
-                     else (Segment(0, 0, src_shape[k]),) for k, a in enumerate(p.axes))
+        # a new layer's tensor has the shape of layer 0's (source_sizes checked it)
+        dtype, src_shape = source.tensors[src_name or full(p, 0)]
+        sized = [axis_size(a, src) is not None for a in p.axes]
+        shape = tuple(axis_size(a, dst) if has else src_shape[k] for k, (a, has) in enumerate(zip(p.axes, sized)))
+        maps = tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
+                     for k, (a, has) in enumerate(zip(p.axes, sized)))
         if src_name is None:
             maps = tuple(() for _ in p.axes)
-        base = base_file.get(name, base_file.get(src_name or "")) if base_file else None
-        if base_file is not None and base is None:
-            raise PlanError(f"{base_shapes_file}: no base shape for '{name}'")
+        base = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
         if base is None:
             base = [src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
                     for k, a in enumerate(p.axes)]
@@ -445,7 +677,7 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
                                   noise_name, note))
 
     warnings = []
-    plan = Plan(arch.name, src, dst, options, tensors, _grown_config(arch, source.config, dst, policy),
+    plan = Plan(arch.name, src, dst, options, tensors, _grown_config(arch, source.config, src, dst, sources),
                 base_shapes, sources, warnings, sum(math.prod(s) for _, s in source.tensors.values()))
     if plan.growth > GROWTH_WARNING:
         warnings.append(f"growth factor {plan.growth:g} (width x depth); beyond about {GROWTH_WARNING} "
@@ -453,18 +685,60 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     return plan
 
 
-def _grown_config(arch: Architecture, config: dict | None, dst: Sizes, policy: str) -> dict | None:
-    """config.json for the grown model: every size key that is present, updated."""
+def _check_grown_config(arch: Architecture, prefix: str, source: Source, plan: Plan) -> None:
+    """Never write a config that disagrees with the tensors: the grown config
+    must state every size (see _grown_config) and, read back as the
+    source's was, give the target's sizes, and every grown tensor the shape
+    they make."""
+    if plan.config is None:
+        return
+    o, dst = plan.options, plan.target
+    for size, keys in arch.keys.items():
+        if (getattr(dst, size, None) is not None and not _left_to_default(arch, size, dst)
+                and all(plan.config.get(k) is None for k in keys)):
+            raise PlanError(f"{source.config_name}: the grown config leaves '{keys[-1]}' out, which the families "
+                            f"read differently; it must say {size} {getattr(dst, size)}")
+    grown = Source(source.path, {t.name: (t.dtype, t.shape) for t in plan.tensors}, plan.config,
+                   source.metadata, source.config_path)
+    flags = replace(o, num_heads=o.num_heads and dst.heads, num_kv_heads=o.num_kv_heads and dst.kv_heads)
+    sizes, origin = _read_sizes(arch, prefix, grown, flags)
+    for f in fields(Sizes):
+        got, want = getattr(sizes, f.name), getattr(dst, f.name)
+        if got != want:
+            key = arch.keys.get(f.name, (f.name,))[0]
+            held = f"would be {shown(plan.config[key])}" if plan.config.get(key) is not None else "is not given"
+            raise PlanError(f"{source.config_name}: in the grown config '{key}' {held}, which reads as "
+                            f"{f.name} {got}, but the grown tensors have {f.name} {want}")
+    _check_shapes(arch, prefix, grown, sizes, origin)
+
+
+def _left_to_default(arch: Architecture, size: str, dst: Sizes) -> bool:
+    """Whether the grown config may leave `size` out: only an ffn that is the
+    family's ffn_default x width."""
+    return size == "ffn" and bool(arch.ffn_default) and arch.ffn_default * dst.width == dst.ffn
+
+
+def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Sizes,
+                  sources: list[int | None]) -> dict | None:
+    """config.json for the grown model, stating every grown size: the keys it
+    holds updated, and a size it leaves out or null written out, since the
+    families' defaults for a missing key differ (Qwen3's head_dim is 128,
+    not width / heads). Only an ffn left to the family's ffn_default x width
+    stays so while that gives the grown ffn. Per-layer lists follow the layers."""
     if config is None:
         return None
     out = dict(config)
     values = {"width": dst.width, "ffn": dst.ffn, "heads": dst.heads, "kv_heads": dst.kv_heads,
-              "head_dim": dst.head_dim, "layers": dst.layers}
+              "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx}
     for size, keys in arch.keys.items():
-        if size not in values:
+        if values.get(size) is None:
             continue
-        for k in keys:
-            if k in out and (out[k] is not None or (size == "ffn" and dst.ffn != (arch.ffn_default or 0) * dst.width)):
-                out[k] = values[size]
+        held = [k for k in keys if out.get(k) is not None]
+        if held:
+            out.update(dict.fromkeys(held, values[size]))
+        elif not _left_to_default(arch, size, dst):
+            out[next((k for k in keys if k in out), keys[-1])] = values[size]
+    for key in arch.per_layer:
+        if isinstance(out.get(key), list):
+            out[key] = [out[key][j % src.layers if s is None else s] for j, s in enumerate(sources)]
     return out
-
