@@ -210,7 +210,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         click.echo(f"\nws-convert: {how}; nothing was written at the output", err=True)
         sys.exit(TERMINATED if isinstance(exc, Terminated) else 1)
     except OSError as exc:
-        click.echo(f"ws-convert: error: {exc}", err=True)
+        click.echo(f"ws-convert: error: {printable(str(exc))}", err=True)
         sys.exit(1)
     finally:
         if bar is not None:
