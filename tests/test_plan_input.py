@@ -246,6 +246,20 @@ def test_knobs_beyond_float32(saved, tmp_path, option, value):
     refused(["plan", saved["llama"], "--to-width", 128, f"--{option}", value], f"--{option}")
 
 
+@pytest.mark.parametrize("options,needle", [
+    (dict(shrink=10**400), "--shrink"), (dict(perturb="1"), "--perturb"), (dict(init_std=None), "--init-std"),
+    (dict(seed=-1), "--seed"), (dict(seed=2**64), "--seed"), (dict(to_width=128.0), "--to-width"),
+    (dict(to_depth=0), "--to-depth"), (dict(to_ffn=True), "--to-ffn"), (dict(num_heads=-4), "--num-heads"),
+])
+def test_api_options_that_cannot_be_planned(saved, options, needle):
+    """What the command line's types keep out, the Python API is refused too."""
+    from ws_convert.api import plan
+    from ws_convert.errors import PlanError
+
+    with pytest.raises(PlanError, match=needle):
+        plan(saved["llama"], **{"to_width": 128, **options})
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--to-width", 10**30], "--to-width"),
     (["--to-width", 128, "--to-depth", 10**12], "--to-depth"),

@@ -552,7 +552,11 @@ def _check_options(o: GrowthOptions) -> None:
     if type(o.seed) is not int or not 0 <= o.seed < 2**64:
         raise PlanError(f"--seed must be a whole number from 0 to 2**64 - 1, not {shown(o.seed)}")
     for flag, value in (("--shrink", o.shrink), ("--perturb", o.perturb), ("--init-std", o.init_std)):
-        if type(value) not in (int, float) or not math.isfinite(value):
+        try:
+            finite = type(value) in (int, float) and math.isfinite(value)
+        except OverflowError:  # an int beyond any float
+            finite = False
+        if not finite:
             raise PlanError(f"{flag} must be a finite number, not {shown(value)}")
     if o.readout_init not in ("zero", "normal"):
         raise PlanError("--readout-init must be zero or normal")
