@@ -219,7 +219,7 @@ def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, 
         prefix = _find_prefix(arch, names)
         if prefix is not None and (model_type is None or model_type in arch.model_types):
             return arch, prefix
-    raise PlanError(f"{source.path}: cannot tell the architecture (model_type {model_type!r}); "
+    raise PlanError(f"{source.path}: cannot tell the architecture (model_type {shown(model_type)}); "
                     f"give --arch ({', '.join(sorted(ARCHITECTURES))} or generic)")
 
 
