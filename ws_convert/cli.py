@@ -84,6 +84,11 @@ def main() -> None:
     """Grow a trained small μP model into a larger one with SZP warm-starting."""
 
 
+def count(n: int, noun: str) -> str:
+    """`1 file`, `2 files`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
@@ -260,11 +265,11 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
         click.echo(f"ok: every file matches; {summary}")
         return
     if r.corrupt:
-        click.echo(f"FAILED: the output is corrupt: {len(r.files)} file and {len(r.differing)} tensor "
-                   f"differences; {summary}")
+        click.echo(f"FAILED: the output is corrupt ({count(len(r.files), 'file')} and "
+                   f"{count(len(r.differing), 'tensor')} differ); {summary}")
     else:
-        click.echo(f"FAILED: the source changed since the output was made ({len(r.stale)} output tensors "
-                   f"stale); {summary}")
+        click.echo(f"FAILED: the source changed since the output was made "
+                   f"({count(len(r.stale), 'output tensor')} stale); {summary}")
     sys.exit(1)
 
 
