@@ -17,10 +17,29 @@ PYBIND11_MODULE(_C, m) {
       [](const py::dict& kw, int threads) {
         const ws::SZPCall call = ws::make_call(ws::args_from(kw));
         py::gil_scoped_release release;
-        ws::szp_cpu(call, threads);
+        ws::szp_cpu({&call}, threads);
       },
       py::arg("args"), py::arg("threads") = 0,
       "Run one SZP call on the CPU; `args` holds buffer addresses, shapes and knobs.");
+  // A call validated now and run later, in a batch: the file-to-file engine
+  // prepares each chunk's call as it reads the chunk's source rows (so a bad
+  // call fails there) and runs a whole slot of them on another thread.
+  py::class_<ws::SZPCall>(m, "Call", "A validated SZP call (see `prepare` and `run`).");
+  m.def(
+      "prepare", [](const py::dict& kw) { return ws::make_call(ws::args_from(kw)); }, py::arg("args"),
+      "Validate one call's `args` (as `szp` takes them) into a Call; its buffers must stay valid until it runs.");
+  m.def(
+      "run",
+      [](const py::list& calls, int threads) {
+        std::vector<const ws::SZPCall*> batch;
+        batch.reserve(calls.size());
+        for (const auto& c : calls) batch.push_back(&c.cast<const ws::SZPCall&>());
+        py::gil_scoped_release release;
+        ws::szp_cpu(batch, threads);
+      },
+      py::arg("calls"), py::arg("threads") = 0,
+      "Run prepared Calls, their chunks shared out over `threads` threads (0: all); "
+      "the same bytes as running each alone.");
   m.def("isa", &ws::szp_cpu_isa, "Instruction set the CPU kernel uses here.");
   m.def(
       "philox4x32_10",

@@ -25,22 +25,30 @@ constexpr int64_t kMinParallel = 4 * kChunk;
 
 const char* szp_cpu_isa() { return has_avx2() ? "avx2" : "baseline"; }
 
-void szp_cpu(const SZPCall& call, int threads) {
-  if (call.size() == 0) return;
+void szp_cpu(const std::vector<const SZPCall*>& calls, int threads) {
   const auto fn = has_avx2() ? szp_chunk_avx2 : szp_chunk_base;
-  const int64_t first = call.begin / kChunk;
-  const int64_t count = (call.end - 1) / kChunk - first + 1;
+  // starts[i]: index of the first chunk of calls[i] in the whole batch.
+  std::vector<int64_t> starts;
+  starts.reserve(calls.size() + 1);
+  int64_t chunks = 0, elements = 0;
+  for (const SZPCall* call : calls) {
+    starts.push_back(chunks);
+    if (call->size() > 0) chunks += (call->end - 1) / kChunk - call->begin / kChunk + 1;
+    elements += call->size();
+  }
+  starts.push_back(chunks);
   std::atomic<int64_t> next{0};
   auto worker = [&] {
-    for (int64_t i; (i = next.fetch_add(1)) < count;) {
-      const int64_t e0 = std::max(call.begin, (first + i) * kChunk);
-      const int64_t e1 = std::min(call.end, (first + i + 1) * kChunk);
-      fn(call, e0, e1);
+    for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
+      const size_t k = std::upper_bound(starts.begin(), starts.end(), i) - starts.begin() - 1;
+      const SZPCall& call = *calls[k];
+      const int64_t chunk = call.begin / kChunk + (i - starts[k]);
+      fn(call, std::max(call.begin, chunk * kChunk), std::min(call.end, (chunk + 1) * kChunk));
     }
   };
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (call.size() < kMinParallel) threads = 1;
-  threads = static_cast<int>(std::min<int64_t>(threads, count));
+  if (elements < kMinParallel) threads = 1;
+  threads = static_cast<int>(std::min<int64_t>(threads, chunks));
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
   worker();

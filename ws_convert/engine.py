@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
-SMALL_CHUNK = 256 << 10  # output bytes below which a chunk runs on one thread (see _CpuStream)
 
 
 def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tuple[int, int] | None = None,
@@ -193,14 +192,19 @@ class _Stream:
         n = (r1 - r0) * t.row_bytes
         if self.used + n > self.chunk_bytes:
             self.flush()
-        if not self.batch and self.pending[self.slot] is not None:
-            self.pending[self.slot].result()  # re-raises a sink error here
+        if not self.batch:
+            if self.pending[self.slot] is not None:
+                self.pending[self.slot].result()  # re-raises a sink error here
+            self.start(self.slot)
         data, done = (self.copy(self.slot, self.used, t, r0, r1) if t.verbatim else
                       self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1))
         self.batch.append((done, t.name, data, r0))
         self.used += n
         if not self.share:
             self.flush()
+
+    def start(self, k: int) -> None:
+        """Slot k is free (its chunks were handed to the sink) and about to be filled."""
 
     def compute(self, k: int, offset: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
                 s1: int) -> tuple[memoryview, Callable[[], None]]:
@@ -248,42 +252,77 @@ def _anonymous(size: int) -> mmap.mmap:
     return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
+class _KernelBatch:
+    """One slot's kernel calls, run together when the slot is handed off, and
+    the arena their source rows are read into (it must outlive the calls)."""
+
+    def __init__(self, arena: mmap.mmap):
+        self.arena, self.used = arena, 0
+        self.own: list[mmap.mmap] = []  # sources that did not fit the arena
+        self.calls: list = []
+        self.ran: Future | None = None
+
+    def source_space(self, n: int) -> memoryview:
+        if self.used + n > len(self.arena):
+            self.own.append(_anonymous(n))
+            return memoryview(self.own[-1])
+        self.used += n
+        return memoryview(self.arena)[self.used - n:self.used]
+
+    def wait(self) -> None:
+        self.ran.result()
+
+
 class _CpuStream(_Stream):
-    """The compiled CPU kernel on raw buffers: source rows read into one
-    reused buffer (the kernel is done with them when it returns), reused
-    anonymous slots out. No tensors, no torch. A chunk under SMALL_CHUNK
-    bytes runs on one thread: the kernel would start threads for it that
-    cost more than they save, and running small chunks on threads of our own
-    makes each one wait for the interpreter lock."""
+    """The compiled CPU kernel on raw buffers: no tensors, no torch. Each
+    chunk's call is validated as its source rows are read (into the slot's
+    arena), and a slot's calls run as one batch on a thread of their own,
+    their chunks shared over all cores with the interpreter lock released,
+    while the next slot is read and the previous one written. So a checkpoint
+    of many small tensors starts the kernel's threads once per slot, not once
+    per tensor, and its Python work overlaps the computing."""
 
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
         super().__init__(sink, ckpt, chunk_bytes)
         self.threads = threads or 0
         self.slots = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
-        self.source = _anonymous(chunk_bytes)
+        self.arenas = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
+        self.batches = [_KernelBatch(a) for a in self.arenas]
+        self.kernel = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-kernel")
 
     def slot_bytes(self, k: int) -> memoryview:
         return memoryview(self.slots[k])
 
-    def source_buffer(self, n: int) -> memoryview:
-        if n > len(self.source):
-            self.source = _anonymous(n)
-        return memoryview(self.source)
+    def start(self, k: int) -> None:
+        self.batches[k] = _KernelBatch(self.arenas[k])
 
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
         n = (r1 - r0) * t.row_bytes
+        batch = self.batches[k]
         out = Buffer(self.addresses[k] + offset, n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
         src = None
         if t.source is not None:
-            view = self.ckpt.read_rows(t.source, s0, s1, self.source_buffer)
+            view = self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
             dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
             src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
         args = kernel_args(out, shape, (r0, r1), src, src_shape, s0, maps, shrink=t.shrink,
                            perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
-        _ext.cpu.szp(args, 1 if n < SMALL_CHUNK else self.threads)
-        return memoryview(self.slots[k])[offset:offset + n], _nothing
+        batch.calls.append(_ext.cpu.prepare(args))
+        return memoryview(self.slots[k])[offset:offset + n], batch.wait
+
+    def flush(self) -> None:
+        if self.batch:
+            batch = self.batches[self.slot]
+            batch.ran = self.kernel.submit(_ext.cpu.run, batch.calls, self.threads)
+        super().flush()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.kernel.shutdown(wait=True, cancel_futures=True)
 
 
 class _TorchStream(_Stream):
