@@ -149,7 +149,7 @@ WS_HD void box_muller(uint32_t x0, uint32_t x1, float& n_cos, float& n_sin) {
   n_sin = r * s;
 }
 
-// Four standard normals for Philox block `block` of tensor `tid` (DESIGN.md 5):
+// Four standard normals for Philox block `block` of tensor `tid` (docs/DESIGN.md section 5):
 // lane k of the block takes n[k].
 WS_HD void normal4(uint64_t block, uint64_t tid, uint64_t seed, float n[4]) {
   uint32_t x[4];
@@ -208,7 +208,7 @@ template <> struct Storage<DType::F16> {
   }
 };
 
-// One output value: v = f32(f32(a * src) + f32(s * n)) (DESIGN.md 5).
+// One output value: v = f32(f32(a * src) + f32(s * n)) (docs/DESIGN.md section 5).
 WS_HD float combine(float a, float src, float s, float n) { return a * src + s * n; }
 
 }  // namespace ws

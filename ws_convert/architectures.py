@@ -25,7 +25,7 @@ class Kind(str, Enum):
 
 
 class Role(str, Enum):
-    """μP role (DESIGN.md section 4), which fixes the init at the target."""
+    """μP role (docs/DESIGN.md section 4), which fixes the init at the target."""
 
     HIDDEN = "hidden"  # matrix, fan_in and fan_out infinite
     INPUT = "input"  # embedding, fan_out infinite

@@ -47,7 +47,7 @@ def source_options(fn):
 
 
 def growth_options(fn):
-    """The knobs of a growth, shared by `grow` and `plan` (DESIGN.md section 7)."""
+    """The knobs of a growth, shared by `grow` and `plan` (docs/DESIGN.md section 7)."""
     for option in reversed([
         click.option("--to-width", type=click.IntRange(1), required=True, help="Target width (d_model)."),
         click.option("--to-depth", type=click.IntRange(1), help="Target number of layers."),

@@ -1,4 +1,4 @@
-"""The noise stream of DESIGN.md section 5, in plain PyTorch.
+"""The noise stream of docs/DESIGN.md section 5, in plain PyTorch.
 
 Noise is a pure function of (seed, tensor name, element index): Philox4x32-10
 keyed by the seed, counting Philox blocks of four elements, then Box-Muller

@@ -73,7 +73,7 @@ class Sizes:
 
 @dataclass(frozen=True)
 class GrowthOptions:
-    """Every knob of a growth; defaults are DESIGN.md's."""
+    """Every knob of a growth; defaults are those of docs/DESIGN.md."""
 
     to_width: int
     to_ffn: int | None = None
@@ -515,7 +515,7 @@ def write_base_shapes(base: Mapping[str, list[int | None]]) -> str:
 
 
 def init_for(role: Role, fan_in: int | None, base_fan_in: int | None, o: GrowthOptions) -> Init:
-    """The target's μP init (DESIGN.md section 4)."""
+    """The target's μP init (docs/DESIGN.md section 4)."""
     if role == Role.HIDDEN:
         return Normal(o.init_std * math.sqrt((base_fan_in or fan_in) / fan_in))
     if role == Role.INPUT:

@@ -47,7 +47,7 @@ class Constant:
     """A constant init (1 for norm gains, 0 for biases). `on_source`, when
     given, is added instead where a source element lands: with shrink 1 and
     on_source 0 the old units are copied and only the new ones start at
-    `value` (norm gains copied, DESIGN.md section 2's per-role override)."""
+    `value` (norm gains copied, docs/DESIGN.md section 2's per-role override)."""
 
     value: float
     on_source: float | None = None
@@ -119,7 +119,7 @@ def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], sr
                 src_shape: Sequence[int] | None, src_row_start: int, maps: Sequence[AxisMap], *,
                 shrink: float, perturb: float, init: Init, seed: int, tid: int) -> dict:
     """The keyword record both compiled modules take (csrc/bind_args.h): the
-    float32 knobs rounded once, as DESIGN.md section 5 fixes."""
+    float32 knobs rounded once, as docs/DESIGN.md section 5 fixes."""
     noise = isinstance(init, Normal)
     if src is not None and src.nbytes == 0:  # an empty source: nothing lands
         src, maps = None, [[] for _ in out_shape]
