@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from models import tiny
-from ws_convert import cli
+from ws_convert import __version__, cli
 from ws_convert.cli import main
 from ws_convert.engine import grow
 from ws_convert.errors import CheckpointError
@@ -126,7 +126,7 @@ def test_an_edited_record_field(copy, key, value):
     path.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
     assert_corrupt(copy / "grown", "differs", "ws_convert.json")
     if key == "version":
-        assert "note: made by ws-convert 0.0.1; this is 0.1.0" in run_verify(copy / "grown")[1]
+        assert f"note: made by ws-convert 0.0.1; this is {__version__}" in run_verify(copy / "grown")[1]
 
 
 def test_reformatted_record(copy):
@@ -138,7 +138,7 @@ def test_reformatted_record(copy):
 def test_another_version_is_reported_not_failed(copy, monkeypatch):
     monkeypatch.setattr(cli, "__version__", "9.0.0")
     code, lines = run_verify(copy / "grown")
-    assert code == 0 and lines[0].startswith("note: made by ws-convert 0.1.0; this is 9.0.0"), lines
+    assert code == 0 and lines[0].startswith(f"note: made by ws-convert {__version__}; this is 9.0.0"), lines
 
 
 def test_the_record_holds_every_source_tensor_hash_and_the_shards_the_rest(pair):
