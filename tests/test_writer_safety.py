@@ -306,6 +306,15 @@ def test_leftovers_that_are_symlinks_are_unlinked_never_followed(tmp_path):
     assert (elsewhere / "precious.txt").read_text() == "mine"
 
 
+def test_a_symlink_leftover_is_never_restored_as_the_target(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / f".out.replaced-{dead_pid()}").symlink_to(elsewhere)
+    write_ok(tmp_path / "out")
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]
+
+
 # -- resources ------------------------------------------------------------------
 
 MANY_SHARDS = textwrap.dedent("""

@@ -341,14 +341,14 @@ class CheckpointWriter:
         is gone). A temporary directory is removed. An old output moved aside
         for a swap goes back to the target when nothing is there (the swap
         never finished, so it may be the only complete copy), else it is
-        removed."""
+        removed; one that is a symlink was not made here and is unlinked."""
         if not self.out_dir.parent.is_dir():
             return  # check_target says what is wrong
         pattern = re.compile(re.escape(f".{self.out_dir.name}.") + r"(partial|replaced)-([0-9]+)(?:-[0-9a-f]+)?")
         found = [(m.group(1), p) for p in sorted(self.out_dir.parent.iterdir())
                  if (m := pattern.fullmatch(p.name)) and not _pid_alive(int(m.group(2)))]
         for kind, p in sorted(found, key=lambda item: item[0] != "replaced"):
-            if kind == "replaced" and not os.path.lexists(self.out_dir):
+            if kind == "replaced" and not p.is_symlink() and not os.path.lexists(self.out_dir):
                 _rename_noreplace(p, self.out_dir)
             else:
                 _remove(p)
