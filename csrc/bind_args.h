@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <iterator>
 #include <stdexcept>
 #include <string>
 
@@ -22,20 +23,31 @@ inline DType dtype_from(const py::handle& h) {
                               "' (expected float32, bfloat16 or float16)");
 }
 
-inline SZPArgs args_from(const py::dict& kw) {
-  static const char* const known[] = {
-      "out_ptr", "out_nbytes", "out_dtype", "out_shape", "row_start", "row_stop",
-      "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps",
-      "shrink", "noise_scale", "constant", "constant_src", "noise", "seed", "tid"};
+inline const char* const kArgNames[] = {
+    "out_ptr", "out_nbytes", "out_dtype", "out_shape", "row_start", "row_stop",
+    "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps",
+    "shrink", "noise_scale", "constant", "constant_src", "noise", "seed", "tid"};
+
+// Throws for the first key of `kw` that names no argument.
+inline void check_known(const py::dict& kw) {
   for (const auto& item : kw) {
     const std::string key = py::cast<std::string>(item.first);
     bool ok = false;
-    for (const char* k : known) ok = ok || key == k;
+    for (const char* k : kArgNames) ok = ok || key == k;
     if (!ok) throw std::invalid_argument("unknown argument '" + key + "'");
   }
-  auto get = [&](const char* k) -> py::object {
-    if (!kw.contains(k)) throw std::invalid_argument(std::string("missing argument '") + k + "'");
-    return kw[k];
+}
+
+inline SZPArgs args_from(const py::dict& kw) {
+  // One borrowed lookup per argument (the engine makes a call per chunk, and
+  // a checkpoint may hold tens of thousands of small tensors); when every
+  // argument is there, a dict of that size can hold no other key.
+  if (static_cast<size_t>(py::len(kw)) != std::size(kArgNames)) check_known(kw);
+  auto get = [&](const char* k) -> py::handle {
+    PyObject* v = PyDict_GetItemString(kw.ptr(), k);
+    if (v != nullptr) return v;
+    check_known(kw);
+    throw std::invalid_argument(std::string("missing argument '") + k + "'");
   };
   SZPArgs a;
   a.out_ptr = get("out_ptr").cast<uintptr_t>();

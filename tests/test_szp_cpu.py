@@ -162,3 +162,32 @@ def test_zero_dim_and_empty_tensors():
         assert empty.shape == (0, 8)
         grown = szp(torch.empty(0, 4), (3, 8), [[], [Segment(0, 0, 4)]], tid=1, backend=backend)
         assert same_bits(grown, szp(None, (3, 8), [[], []], tid=1, backend="reference"))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_batch_of_calls_matches_each_alone(threads):
+    """`run` shares the chunks of many prepared calls (tiny, odd and
+    multi-chunk ones, pure inits among them) over threads: the bytes of each
+    call are those of the reference."""
+    from ws_convert.op import _buffer
+    from ws_convert.szp_spec import kernel_args
+
+    rng = random.Random(threads)
+    cases, calls = [], []
+    for i in range(12):
+        src, out_shape, maps = random_case(rng, rng.choice(DTYPES), tiny=i % 2 == 0)
+        if i % 5 == 4:
+            src, maps = None, [[] for _ in out_shape]
+        init = Normal(0.02) if i % 3 else Constant(1.0, on_source=0.0)
+        out = torch.empty(out_shape, dtype=rng.choice(DTYPES))
+        kw = dict(shrink=0.5, perturb=1.0, init=init, seed=7, tid=tensor_id(f"t{i}"))
+        rows = (0, out_shape[0]) if out_shape else (0, 1)
+        args = kernel_args(_buffer(out), out_shape or (1,), rows, None if src is None else _buffer(src),
+                           None if src is None else (src.shape or (1,)), 0,
+                           maps if out_shape else [[Segment(0, 0, 1)] if src is not None else []], **kw)
+        cases.append((src, out_shape, maps, out, kw))
+        calls.append(_ext.cpu.prepare(args))
+    _ext.cpu.run(calls, threads)
+    for src, out_shape, maps, out, kw in cases:
+        want = szp(src, out_shape, maps, out_dtype=out.dtype, backend="reference", **kw)
+        assert same_bits(out, want), (out_shape, maps)

@@ -77,14 +77,17 @@ def row_chunks(t: TensorPlan, chunk_bytes: int) -> Iterator[tuple[int, int, int,
     if not t.shape:  # a 0-d tensor: one chunk of one element
         yield 0, 1, 0, 1
         return
-    rows = t.shape[0]
-    row_bytes = max(1, t.row_bytes)
-    step = max(1, chunk_bytes // row_bytes)
+    rows, segments = t.shape[0], t.maps[0]
+    step = max(1, chunk_bytes // max(1, t.row_bytes))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        spans = [(src + max(r0, dst) - dst, src + min(r1, dst + length) - dst)
-                 for dst, src, length in t.maps[0] if max(r0, dst) < min(r1, dst + length)]
-        yield r0, r1, min((a for a, _ in spans), default=0), max((b for _, b in spans), default=0)
+        s0, s1 = None, 0  # a plain loop: this runs once per tensor of a checkpoint of many small ones
+        for dst, src, length in segments:
+            lo, hi = max(r0, dst), min(r1, dst + length)
+            if lo < hi:
+                s0 = src + lo - dst if s0 is None else min(s0, src + lo - dst)
+                s1 = max(s1, src + hi - dst)
+        yield r0, r1, s0 or 0, s1
 
 
 # -- the streaming grow ---------------------------------------------------------

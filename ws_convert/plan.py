@@ -6,6 +6,7 @@ Nothing is read but headers and config; nothing is written.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -116,9 +117,9 @@ class TensorPlan:
         """Elements per row along axis 0 (a 0-d tensor is one row of one)."""
         return math.prod(self.shape[1:])
 
-    @property
+    @functools.cached_property
     def row_bytes(self) -> int:
-        """Output bytes per row along axis 0."""
+        """Output bytes per row along axis 0 (cached: the engine asks per chunk)."""
         return self.row_numel * ITEMSIZE[self.dtype]
 
     @property

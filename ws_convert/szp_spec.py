@@ -14,6 +14,7 @@ noise is added.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -120,7 +121,6 @@ def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], sr
                 shrink: float, perturb: float, init: Init, seed: int, tid: int) -> dict:
     """The keyword record both compiled modules take (csrc/bind_args.h): the
     float32 knobs rounded once, as docs/DESIGN.md section 5 fixes."""
-    noise = isinstance(init, Normal)
     if src is not None and src.nbytes == 0:  # an empty source: nothing lands
         src, maps = None, [[] for _ in out_shape]
     return dict(
@@ -129,8 +129,15 @@ def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], sr
         src_ptr=0 if src is None else src.address, src_nbytes=0 if src is None else src.nbytes,
         src_dtype="float32" if src is None else src.dtype, src_shape=list(src_shape or ()),
         src_row_start=int(src_row_start), maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
-        shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
-        constant=0.0 if noise else f32(perturb * init.value),
-        constant_src=0.0 if noise else f32(perturb * init.source_value), noise=noise,
-        seed=int(seed), tid=int(tid),
+        **_knobs(shrink, perturb, init), seed=int(seed), tid=int(tid),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _knobs(shrink: float, perturb: float, init: Init) -> dict:
+    """kernel_args' float32 knobs. Cached: a plan has few distinct ones, and
+    a checkpoint of many small tensors makes a call per tensor."""
+    noise = isinstance(init, Normal)
+    return dict(shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
+                constant=0.0 if noise else f32(perturb * init.value),
+                constant_src=0.0 if noise else f32(perturb * init.source_value), noise=noise)
