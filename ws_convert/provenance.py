@@ -8,6 +8,7 @@ written before the data is read, and the hashes are known only at the end."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -89,11 +90,19 @@ def without_hashes(rec: Mapping) -> dict:
 
 # -- source content hashes ------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def hash_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """What a source tensor's hash covers before its bytes (cached: a
+    checkpoint of many tensors has few distinct shapes)."""
+    return f"{dtype} {list(shape)}\n".encode()
+
+
 class SourceHasher:
     """Hashes every source tensor (dtype, shape and bytes) on a background
     thread while grow or verify computes from the same source. Files are
-    read with plain reads, one at a time, so a file that shrinks meanwhile is
-    an error here, not a SIGBUS. Use as a context manager; leaving it on an
+    read with plain reads, one at a time and in blocks of HASH_BLOCK that
+    hold many small tensors each, so a file that shrinks meanwhile is an
+    error here, not a SIGBUS. Use as a context manager; leaving it on an
     exception stops the thread within one block."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
@@ -102,7 +111,6 @@ class SourceHasher:
         self._thread = threading.Thread(target=self._run, name="ws-convert-hash", daemon=True)
         self._hashes: dict[str, str] = {}
         self._error: BaseException | None = None
-        self._buffer: memoryview | None = None
 
     def __enter__(self) -> SourceHasher:
         self._thread.start()
@@ -127,38 +135,66 @@ class SourceHasher:
                     if self._stop.is_set():
                         return
                     rows = info.shape[0] if info.shape else 1
-                    self._hash(name, [self.ckpt.buffer(name, 0, rows)])
+                    self._hash(info, [self.ckpt.buffer(name, 0, rows)])
             else:
                 by_file: dict[Path, list] = {}
                 for info in self.ckpt.tensors.values():
                     by_file.setdefault(info.file, []).append(info)
+                # One buffer for all files: fresh pages cost a fault each.
+                block = memoryview(bytearray(min(HASH_BLOCK, sum(i.nbytes for i in self.ckpt.tensors.values()))))
                 for file, infos in by_file.items():
                     with os.fdopen(open_regular(file), "rb", buffering=0) as f:
-                        for info in sorted(infos, key=lambda i: i.start):
-                            self._hash(info.name, self._blocks(f, info))
+                        self._hash_file(f, sorted(infos, key=lambda i: i.start), block)
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc
 
-    def _hash(self, name: str, blocks: typing.Iterable) -> None:
-        info = self.ckpt.tensors[name]
-        h = xxhash.xxh3_128(f"{info.dtype} {list(info.shape)}\n".encode())
+    def _hash_file(self, f: typing.BinaryIO, infos: list, block: memoryview) -> None:
+        """Hash the tensors of one file, in file order. A tensor larger than
+        `block` is read through it in pieces; the others are sliced from one
+        read of `block` that starts at the first of them not yet read."""
+        begin = end = 0  # the file range `block` holds
+        for info in infos:
+            if self._stop.is_set():
+                return
+            if info.nbytes > len(block):
+                self._hash(info, self._pieces(f, info, block))
+                begin = end = 0
+                continue
+            if not begin <= info.start <= info.start + info.nbytes <= end:
+                begin, end = info.start, info.start + self._fill(f, info, block)
+            self._hash(info, [block[info.start - begin:info.start - begin + info.nbytes]])
+
+    def _hash(self, info, blocks: typing.Iterable) -> None:
+        h = xxhash.xxh3_128(hash_prefix(info.dtype, info.shape))
         for block in blocks:
             h.update(block)
         if not self._stop.is_set():
-            self._hashes[name] = h.hexdigest()
+            self._hashes[info.name] = h.hexdigest()
 
-    def _blocks(self, f, info) -> typing.Iterator[memoryview]:
-        if self._buffer is None:  # one for all tensors: fresh pages cost a fault each
-            largest = max(i.nbytes for i in self.ckpt.tensors.values())
-            self._buffer = memoryview(bytearray(min(HASH_BLOCK, largest)))
+    @staticmethod
+    def _fill(f: typing.BinaryIO, info, block: memoryview) -> int:
+        """Read `block` full from the start of `info` (less at the end of the
+        file); the bytes read, at least all of `info`'s."""
+        f.seek(info.start)
+        done = 0
+        while done < len(block):
+            n = f.readinto(block[done:])
+            if not n:
+                break
+            done += n
+        if done < info.nbytes:
+            raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
+        return done
+
+    def _pieces(self, f: typing.BinaryIO, info, block: memoryview) -> typing.Iterator[memoryview]:
         f.seek(info.start)
         left = info.nbytes
         while left and not self._stop.is_set():
-            n = f.readinto(self._buffer[:min(left, len(self._buffer))])
+            n = f.readinto(block[:min(left, len(block))])
             if not n:
                 raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
             left -= n
-            yield self._buffer[:n]
+            yield block[:n]
 
 
 # -- reading a record back -------------------------------------------------------
