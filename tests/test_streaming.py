@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 import xxhash
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from io_helpers import all_dtype_tensors, planned
 from ws_convert import provenance
-from ws_convert.errors import CheckpointError
+from ws_convert.errors import CheckpointError, OutputError
 from ws_convert.provenance import SourceHasher
-from ws_convert.reader import open_checkpoint
+from ws_convert.reader import open_checkpoint, tensor_bytes
+from ws_convert.writer import CheckpointWriter
 
 
 @pytest.fixture
@@ -51,3 +53,47 @@ def test_a_file_cut_inside_any_tensor_is_refused(mixed, monkeypatch, block):
                 f.truncate(info.start + info.nbytes - 1)
             with SourceHasher(ckpt) as hasher, pytest.raises(CheckpointError, match=info.name):
                 hasher.result()
+
+
+def chunk_bytes(tensors, chunks):
+    """The chunks' bytes back to back, as a stream's slot holds them."""
+    return memoryview(b"".join(bytes(tensor_bytes(tensors[n].contiguous())[r * row:r * row + size])
+                               for n, r, size in chunks for row in [row_size(tensors[n])]))
+
+
+def row_size(t):
+    return t.numel() * t.element_size() // (t.shape[0] if t.dim() else 1) if t.numel() else 0
+
+
+def test_chunks_given_together_write_the_bytes_written_one_by_one(tmp_path):
+    tensors = all_dtype_tensors()
+    with CheckpointWriter(tmp_path / "one", planned(tensors), max_shard_size=200) as w:
+        for name, t in tensors.items():
+            w.write(name, t.contiguous())
+    chunks = [(n, 0, t.numel() * t.element_size()) for n, t in tensors.items()]
+    two_rows = next(n for n, t in tensors.items() if t.dim() and t.shape[0] > 2)
+    whole = [c for c in chunks if c[0] != two_rows]
+    row = row_size(tensors[two_rows])
+    # in plan order (mostly back to back in the shards), reversed, and one tensor split over two calls
+    slots = [whole[:6] + [(two_rows, 1, row * (tensors[two_rows].shape[0] - 1))],
+             whole[6:][::-1] + [(two_rows, 0, row)]]
+    with CheckpointWriter(tmp_path / "slots", planned(tensors), max_shard_size=200) as w:
+        for slot in slots:
+            w.write_chunks(chunk_bytes(tensors, slot), slot)
+    assert len(list((tmp_path / "one").iterdir())) > 3  # several shards
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()} == \
+           {p.name: p.read_bytes() for p in (tmp_path / "slots").iterdir()}
+
+
+def test_a_refused_call_writes_and_records_nothing(tmp_path):
+    tensors = {"a": torch.arange(8.0).reshape(4, 2), "b": torch.ones(3)}
+    with CheckpointWriter(tmp_path / "out", planned(tensors)) as w:
+        overlapping = [("a", 0, 16), ("b", 0, 12), ("a", 1, 8)]
+        with pytest.raises(OutputError, match="'a': bytes \\[8, 16\\) written twice"):
+            w.write_chunks(chunk_bytes(tensors, overlapping), overlapping)
+        whole = [("a", 0, 32), ("b", 0, 12)]
+        with pytest.raises(OutputError, match="40 bytes given for chunks of 44"):
+            w.write_chunks(memoryview(bytes(40)), whole)
+        assert sorted(w.missing()) == ["a", "b"]
+        w.write_chunks(chunk_bytes(tensors, whole), whole)
+    assert torch.equal(load_file(tmp_path / "out" / "model.safetensors")["a"], tensors["a"])

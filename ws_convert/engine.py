@@ -169,18 +169,20 @@ def kernel_dtype(dtype: str, what: str) -> str:
     return KERNEL_DTYPES[dtype]
 
 
-# Where finished chunks go: (tensor name, the chunk's bytes, first row).
+# A finished chunk: (tensor name, first row, bytes).
+Chunk = tuple[str, int, int]
+# Where finished chunks go: bytes holding chunks back to back, and the chunks.
 # Writing them (grow) or comparing them with a file (verify).
-Sink = Callable[[str, memoryview, int], None]
+Sink = Callable[[memoryview, list[Chunk]], None]
 
 
 class _Stream:
     """Computes chunks into SLOTS reused host buffers of `chunk_bytes` and
     hands each slot to the sink on a worker thread; a slot is reused only
-    after its sink calls finished. Chunks smaller than a slot share one where
-    the subclass allows (`share`), so that many small tensors cost one
-    hand-off between threads per slot, not one per tensor. The subclasses say
-    how a chunk is computed."""
+    after its sink call finished. Chunks smaller than a slot share one, back
+    to back, where the subclass allows (`share`), so that many small tensors
+    cost one hand-off between threads and one sink call per slot, not one
+    per tensor. The subclasses say how a chunk is computed."""
 
     share = True
 
@@ -189,19 +191,21 @@ class _Stream:
         self.pending: list[Future | None] = [None] * SLOTS
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-sink")
         self.slot, self.used = 0, 0
-        self.batch: list[tuple[Callable[[], None], str, memoryview, int]] = []
+        self.chunks: list[Chunk] = []  # those of the slot being filled
 
     def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
         n = (r1 - r0) * t.row_bytes
         if self.used + n > self.chunk_bytes:
             self.flush()
-        if not self.batch:
+        if not self.chunks:
             if self.pending[self.slot] is not None:
                 self.pending[self.slot].result()  # re-raises a sink error here
             self.start(self.slot)
-        data, done = (self.copy(self.slot, self.used, t, r0, r1) if t.verbatim else
-                      self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1))
-        self.batch.append((done, t.name, data, r0))
+        if t.verbatim:
+            self.copy(self.slot, self.used, t, r0, r1)
+        else:
+            self.compute(self.slot, self.used, t, seed, r0, r1, s0, s1)
+        self.chunks.append((t.name, r0, n))
         self.used += n
         if not self.share:
             self.flush()
@@ -209,32 +213,33 @@ class _Stream:
     def start(self, k: int) -> None:
         """Slot k is free (its chunks were handed to the sink) and about to be filled."""
 
-    def compute(self, k: int, offset: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int,
-                s1: int) -> tuple[memoryview, Callable[[], None]]:
-        """Start output rows [r0, r1) of `t` at `offset` in slot k; returns the
-        host bytes it lands in and what to wait for before they are complete."""
+    def compute(self, k: int, offset: int, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
+        """Start computing output rows [r0, r1) of `t` into slot k at `offset`
+        (`ready(k)` waits for them)."""
         raise NotImplementedError
+
+    def ready(self, k: int) -> None:
+        """Wait until the chunks started in slot k are in its host bytes."""
 
     def slot_bytes(self, k: int) -> memoryview:
         """Host slot k as bytes."""
         raise NotImplementedError
 
-    def copy(self, k: int, offset: int, t: TensorPlan, r0: int, r1: int) -> tuple[memoryview, Callable[[], None]]:
+    def copy(self, k: int, offset: int, t: TensorPlan, r0: int, r1: int) -> None:
         """Rows [r0, r1) of a tensor copied byte for byte (`TensorPlan.verbatim`),
         read straight into slot k at `offset`: its source rows are its rows."""
         n = (r1 - r0) * t.row_bytes
-        return self.ckpt.read_rows(t.source, r0, r1, lambda _: self.slot_bytes(k)[offset:offset + n]), _nothing
+        self.ckpt.read_rows(t.source, r0, r1, lambda _: self.slot_bytes(k)[offset:offset + n])
 
     def flush(self) -> None:
         """Hand the current slot's chunks to the sink; move to the next slot."""
-        if self.batch:
-            self.pending[self.slot] = self.pool.submit(self._drain, self.batch)
-            self.slot, self.used, self.batch = (self.slot + 1) % SLOTS, 0, []
+        if self.chunks:
+            self.pending[self.slot] = self.pool.submit(self._drain, self.slot, self.used, self.chunks)
+            self.slot, self.used, self.chunks = (self.slot + 1) % SLOTS, 0, []
 
-    def _drain(self, batch: list[tuple[Callable[[], None], str, memoryview, int]]) -> None:
-        for done, name, data, r0 in batch:
-            done()
-            self.sink(name, data, r0)
+    def _drain(self, k: int, used: int, chunks: list[Chunk]) -> None:
+        self.ready(k)
+        self.sink(self.slot_bytes(k)[:used], chunks)
 
     def finish(self) -> None:
         try:
@@ -243,10 +248,6 @@ class _Stream:
                     f.result()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _anonymous(size: int) -> mmap.mmap:
@@ -272,9 +273,6 @@ class _KernelBatch:
         self.used += n
         return memoryview(self.arena)[self.used - n:self.used]
 
-    def wait(self) -> None:
-        self.ran.result()
-
 
 class _CpuStream(_Stream):
     """The compiled CPU kernel on raw buffers: no tensors, no torch. Each
@@ -293,6 +291,7 @@ class _CpuStream(_Stream):
         self.arenas = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.batches = [_KernelBatch(a) for a in self.arenas]
         self.kernel = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-kernel")
+        self.templates: dict[tuple, dict] = {}
 
     def slot_bytes(self, k: int) -> memoryview:
         return memoryview(self.slots[k])
@@ -300,23 +299,41 @@ class _CpuStream(_Stream):
     def start(self, k: int) -> None:
         self.batches[k] = _KernelBatch(self.arenas[k])
 
+    def ready(self, k: int) -> None:
+        self.batches[k].ran.result()
+
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
-        shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
-        n = (r1 - r0) * t.row_bytes
         batch = self.batches[k]
-        out = Buffer(self.addresses[k] + offset, n, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
-        src = None
+        src_ptr = src_nbytes = 0
         if t.source is not None:
             view = self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
-            dtype = kernel_dtype(self.ckpt.info(t.source).dtype, f"source tensor '{t.source}'")
-            src = Buffer(address(view) if view.nbytes else 0, view.nbytes, dtype)
-        args = kernel_args(out, shape, (r0, r1), src, src_shape, s0, maps, shrink=t.shrink,
-                           perturb=t.perturb, init=t.init, seed=seed, tid=tensor_id(t.noise_name))
+            src_nbytes = view.nbytes
+            src_ptr = address(view) if src_nbytes else 0
+        args = dict(self.template(t, seed, src_nbytes > 0), out_ptr=self.addresses[k] + offset,
+                    out_nbytes=(r1 - r0) * t.row_bytes, row_start=r0, row_stop=r1, src_ptr=src_ptr,
+                    src_nbytes=src_nbytes, src_row_start=s0, tid=tensor_id(t.noise_name))
         batch.calls.append(_ext.cpu.prepare(args))
-        return memoryview(self.slots[k])[offset:offset + n], batch.wait
+
+    def template(self, t: TensorPlan, seed: int, lands: bool) -> dict:
+        """`kernel_args` of a chunk of `t` but for the fields that compute
+        fills in per chunk (where, which rows, which tensor). Shared by every
+        tensor of the same shapes, dtypes, maps and knobs: a checkpoint of
+        many small tensors has few distinct ones. `lands`: the chunk reads
+        source bytes (for none, the kernel takes no source and no maps)."""
+        src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
+        key = (t.shape, t.src_shape, t.maps, t.shrink, t.perturb, t.init, t.dtype, src_dtype, seed, lands)
+        args = self.templates.get(key)
+        if args is None:
+            shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
+            out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
+            src = None if src_dtype is None else \
+                Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
+            args = self.templates[key] = kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink,
+                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0)
+        return args
 
     def flush(self) -> None:
-        if self.batch:
+        if self.chunks:
             batch = self.batches[self.slot]
             batch.ran = self.kernel.submit(_ext.cpu.run, batch.calls, self.threads)
         super().flush()
@@ -339,6 +356,7 @@ class _TorchStream(_Stream):
         self.device, self.threads = torch.device(device), threads
         self.gpu = self.device.type == "cuda"
         self.share = not self.gpu  # a slot's source staging is in flight until its chunk is done
+        self.events: list[torch.cuda.Event | None] = [None] * SLOTS  # a slot's chunk copied to the host
         self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
         self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
         if self.gpu:
@@ -348,6 +366,13 @@ class _TorchStream(_Stream):
 
     def slot_bytes(self, k: int) -> memoryview:
         return tensor_bytes(self.host[k])
+
+    def start(self, k: int) -> None:
+        self.events[k] = None
+
+    def ready(self, k: int) -> None:
+        if self.events[k] is not None:
+            self.events[k].synchronize()
 
     def source_buffer(self, k: int, n: int) -> memoryview:
         """Slot k's source staging (pinned on a GPU), grown to n bytes if smaller."""
@@ -372,7 +397,7 @@ class _TorchStream(_Stream):
         rows = (r0, r1) if t.shape else None
         if not self.gpu:
             run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
-            return tensor_bytes(host_out), _nothing
+            return
         with torch.cuda.stream(self.stream):
             dev_src = None
             if src is not None:
@@ -382,9 +407,8 @@ class _TorchStream(_Stream):
             dev_out = self.dev_out[k][:n].view(dtype).reshape(shape)
             run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
             host_out.copy_(dev_out, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        return tensor_bytes(host_out), event.synchronize
+            self.events[k] = torch.cuda.Event()
+            self.events[k].record(self.stream)
 
 
 def reading_order(ckpt: Checkpoint, tensors: list[TensorPlan]) -> list[TensorPlan]:
@@ -460,8 +484,7 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
             return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start)
         with writer, SourceHasher(ckpt) as hasher:
             count, total = len(plan.tensors), writer.total_size
-            execute(plan, ckpt, lambda name, data, r0: writer.write(name, data, row_start=r0), device=dev,
-                    threads=threads, chunk_bytes=chunk_bytes,
+            execute(plan, ckpt, writer.write_chunks, device=dev, threads=threads, chunk_bytes=chunk_bytes,
                     progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
             writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: hasher.result()}))
     return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)

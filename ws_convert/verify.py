@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import DEFAULT_CHUNK_BYTES, execute, planned_writer
+from .engine import DEFAULT_CHUNK_BYTES, Chunk, execute, planned_writer
 from .errors import CheckpointError, PlanError
 from .plan import Plan, Source, make_plan
 from .provenance import (HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_record, config_sha256, fingerprint,
@@ -252,10 +252,13 @@ def _compare_data(out: Path, plan: Plan, src: Checkpoint, writer: CheckpointWrit
     reader = _OutputReader(out)
     differ: set[str] = set()
 
-    def compare(name: str, want: memoryview, r0: int) -> None:
-        file, offset = where[name]
-        if reader.read(file, offset + r0 * row_bytes[name], want.nbytes) != want:
-            differ.add(name)
+    def compare(data: memoryview, chunks: list[Chunk]) -> None:
+        at = 0
+        for name, r0, n in chunks:
+            file, offset = where[name]
+            if reader.read(file, offset + r0 * row_bytes[name], n) != data[at:at + n]:
+                differ.add(name)
+            at += n
 
     try:
         execute(plan, src, compare, threads=threads, chunk_bytes=chunk_bytes, tensors=tensors)

@@ -395,16 +395,67 @@ class CheckpointWriter:
     def write(self, name: str, data: memoryview | torch.Tensor, row_start: int = 0) -> None:
         """Write `data` (the whole tensor, or rows from `row_start` along axis
         0): a contiguous CPU tensor of the planned dtype, or its raw bytes."""
+        self._check_open()
+        view = data.cast("B") if isinstance(data, memoryview) else self._tensor_view(name, data)
+        self.write_chunks(view, [(name, row_start, view.nbytes)])
+
+    def write_chunks(self, data: memoryview, chunks: Sequence[tuple[str, int, int]]) -> None:
+        """Write chunks that lie back to back in the raw bytes `data`, each
+        (tensor name, first row, bytes), as `write` would one by one. Chunks
+        that lie back to back in a shard too go out in one write: a stream of
+        many small tensors costs a system call per slot, not per tensor."""
+        self._check_open()
+        data = data.cast("B")
+        runs: list[list] = []  # [shard file, file offset, start in data, end in data]
+        with self._lock:
+            claimed: list[str] = []
+            try:
+                at = 0
+                for name, row_start, size in chunks:
+                    file, offset = self._claim(name, row_start, size)
+                    claimed.append(name)
+                    last = runs[-1] if runs else None
+                    if last and last[0] == file and last[1] + last[3] - last[2] == offset:
+                        last[3] += size
+                    else:
+                        runs.append([file, offset, at, at + size])
+                    at += size
+                if at != data.nbytes:
+                    raise OutputError(f"{data.nbytes} bytes given for chunks of {at}")
+            except BaseException:
+                for name in reversed(claimed):  # this call's spans are the last of each tensor
+                    self._written[name].pop()
+                raise
+        try:
+            for file, offset, begin, end in runs:
+                with self._opened(file) as fd:
+                    _pwrite_all(fd, data[begin:end], offset)
+                    if WRITEBACK_EARLY:
+                        # Start writing this range to the device now, so the disk
+                        # works while later chunks are computed instead of all at
+                        # the final fsync (and clean output pages leave the page cache).
+                        os.posix_fadvise(fd, offset, end - begin, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            raise self._as_output_error(exc) from None
+
+    def _check_open(self) -> None:
         if self.tmp_dir is None:
             raise OutputError("write() outside the writer's with-block")
+
+    def _planned(self, name: str) -> tuple[Shard, OutputTensor]:
         try:
-            shard, t = self._where[name]
+            return self._where[name]
         except KeyError:
             raise OutputError(f"tensor '{name}' is not in the planned output") from None
-        view = data.cast("B") if isinstance(data, memoryview) else self._tensor_view(name, t, data)
+
+    def _claim(self, name: str, row_start: int, size: int) -> tuple[str, int]:
+        """Record that `size` bytes of tensor `name` from row `row_start` are
+        being written (the caller holds the lock) and return where they go:
+        the shard file and the offset in it. Refuses bytes that do not fit
+        the tensor's shape or that were written before."""
+        shard, t = self._planned(name)
         rows = t.shape[0] if t.shape else 1
         row_bytes = t.nbytes // rows if rows else 0
-        size = view.nbytes
         if row_bytes:
             n_rows, rest = divmod(size, row_bytes)
         else:
@@ -412,22 +463,11 @@ class CheckpointWriter:
         if rest or not 0 <= row_start <= row_start + n_rows <= rows:
             raise OutputError(f"tensor '{name}': {size} bytes at row {row_start} do not fit its shape {t.shape}")
         begin, end = row_start * row_bytes, row_start * row_bytes + size
-        with self._lock:
-            spans = self._written[name]
-            if any(b < end and begin < e for b, e in spans):
-                raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
-            spans.append((begin, end))
-        offset = shard.offsets[name] + begin
-        try:
-            with self._opened(shard.file) as fd:
-                _pwrite_all(fd, view, offset)
-                if WRITEBACK_EARLY:
-                    # Start writing this range to the device now, so the disk
-                    # works while later chunks are computed instead of all at
-                    # the final fsync (and clean output pages leave the page cache).
-                    os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
-        except OSError as exc:
-            raise self._as_output_error(exc) from None
+        spans = self._written[name]
+        if any(b < end and begin < e for b, e in spans):
+            raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
+        spans.append((begin, end))
+        return shard.file, shard.offsets[name] + begin
 
     @contextmanager
     def _opened(self, file: str) -> Iterator[int]:
@@ -457,10 +497,10 @@ class CheckpointWriter:
         self._unsynced.discard(file)
         return fd, dirty
 
-    @staticmethod
-    def _tensor_view(name: str, t: OutputTensor, data: torch.Tensor) -> memoryview:
+    def _tensor_view(self, name: str, data: torch.Tensor) -> memoryview:
         from .torch_dtypes import NAMES
 
+        t = self._planned(name)[1]
         if NAMES.get(data.dtype) != t.dtype:
             raise OutputError(f"tensor '{name}': got {data.dtype}, planned {t.dtype}")
         if data.device.type != "cpu" or not data.is_contiguous():
