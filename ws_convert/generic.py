@@ -7,14 +7,15 @@ ambiguous is refused rather than guessed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .architectures import Role
 from .errors import PlanError
 from .plan import (GrowthOptions, Plan, Sizes, Source, TensorPlan, base_shape, config_sizes, init_for,
                    output_dtype)
-from .szp_spec import Segment
+from .szp_spec import Init, Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
 FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
@@ -23,10 +24,32 @@ SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": ("num_attention_head
 NULLABLE = ("ffn", "head_dim", "kv_heads")  # null: not known
 
 
-def _role(name: str, growing: list[bool]) -> tuple[Role, int | None]:
-    lower = name.lower()
+class _Layout(NamedTuple):
+    """What the generic layout makes of one source shape."""
+
+    growing: tuple[bool, ...]  # which axes grow
+    shape: tuple[int, ...]  # grown
+    maps: tuple[tuple[Segment, ...], ...]  # top-left
+    base: tuple[int | None, ...]  # the μP base shape without a base-shapes file: the source's own
+
+
+def _layout(name: str, shape: tuple[int, ...], width: int, grow: Mapping[int, int]) -> _Layout:
+    """The layout of `shape`, refused where an axis looks like fused heads
+    (`name` is the first tensor of that shape)."""
+    for d in shape:
+        if d not in grow and d > width and d % width == 0:
+            raise PlanError(f"tensor '{name}': axis of size {d} = {d // width} x width looks like fused "
+                            "heads, which the generic layout cannot split; give --arch")
+    growing = tuple(d in grow for d in shape)
+    return _Layout(growing, tuple(grow.get(d, d) for d in shape),
+                   tuple((Segment(0, 0, d),) if d else () for d in shape),
+                   tuple(d if g else None for d, g in zip(shape, growing)))
+
+
+def _role(name: str, growing: Sequence[bool]) -> tuple[Role, int | None]:
     if len(growing) == 2 and all(growing):
         return Role.HIDDEN, 1  # assumes [out, in] storage
+    lower = name.lower()
     if len(growing) == 2 and any(growing):
         readout = any(k in lower for k in ("lm_head", "readout", "output", "head."))
         return (Role.OUTPUT, 1) if readout else (Role.INPUT, None)
@@ -86,24 +109,22 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
     grow = {width: o.to_width, **({ffn: to_ffn} if ffn else {})}
     tensors = []
     base_shapes = {}
+    layouts: dict[tuple[int, ...], _Layout] = {}  # checkpoints of many tensors have few shapes
+    inits: dict[tuple[Role, int | None, int | None], Init] = {}
     for name, (dtype, shape) in source.tensors.items():
-        for d in shape:
-            if d not in grow and d > width and d % width == 0:
-                raise PlanError(f"tensor '{name}': axis of size {d} = {d // width} x width looks like fused "
-                                "heads, which the generic layout cannot split; give --arch")
-        growing = [d in grow for d in shape]
-        out_shape = tuple(grow.get(d, d) for d in shape)
-        role, fan_in = _role(name, growing) if any(growing) else (Role.BUFFER, None)
+        if shape not in layouts:
+            layouts[shape] = _layout(name, shape, width, grow)
+        layout = layouts[shape]
+        growing = any(layout.growing)
+        role, fan_in = _role(name, layout.growing) if growing else (Role.BUFFER, None)
         base = base_shape(base_file, base_path, name, None, len(shape))
-        if base is None:
-            base = [d if g else None for d, g in zip(shape, growing)]
-        base_shapes[name] = base
-        init = init_for(role, out_shape[fan_in] if fan_in is not None else None,
-                        base[fan_in] if fan_in is not None else None, o)
+        base_shapes[name] = base = list(layout.base) if base is None else base
+        knobs = (role, None, None) if fan_in is None else (role, layout.shape[fan_in], base[fan_in])
+        if knobs not in inits:
+            inits[knobs] = init_for(*knobs, o)
         shrink, perturb = (1.0, 0.0) if role == Role.BUFFER else (o.shrink, o.perturb)
-        tensors.append(TensorPlan(name, name, shape, out_shape, output_dtype(dtype, o.dtype), role,
-                                  tuple((Segment(0, 0, d),) if d else () for d in shape), shrink, perturb, init,
-                                  name, "generic" if any(growing) else "unchanged, copied"))
+        tensors.append(TensorPlan(name, name, shape, layout.shape, output_dtype(dtype, o.dtype), role, layout.maps,
+                                  shrink, perturb, inits[knobs], name, "generic" if growing else "unchanged, copied"))
     src = Sizes(width, ffn or 0, heads, heads, head_dim, 0)
     dst = Sizes(o.to_width, to_ffn or 0, heads, heads, grown_head_dim or head_dim, 0)
     warnings = [f"generic architecture: every axis of size {width}"

@@ -93,8 +93,13 @@ class GrowthOptions:
     num_kv_heads: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class TensorPlan:
+    """One output tensor. Not changed once planned, but not a frozen
+    dataclass either: building one of those sets every field through
+    object.__setattr__, seven times slower, which a checkpoint of tens of
+    thousands of tensors would feel."""
+
     name: str
     source: str | None  # None: pure target init
     src_shape: tuple[int, ...] | None
@@ -510,9 +515,10 @@ def base_shape(base_file: Mapping[str, object] | None, path: str | Path | None, 
 
 def write_base_shapes(base: Mapping[str, list[int | None]]) -> str:
     """YAML text in mup's .bsh format (one line per tensor, sorted)."""
-    def dims(v):
+    @functools.cache  # a checkpoint of many tensors has few distinct base shapes
+    def dims(v: tuple[int | None, ...]) -> str:
         return "[" + ", ".join("null" if d is None else str(d) for d in v) + "]"
-    return "".join(f"{name}: {dims(v)}\n" for name, v in sorted(base.items()))
+    return "".join(f"{name}: {dims(tuple(v))}\n" for name, v in sorted(base.items()))
 
 
 def init_for(role: Role, fan_in: int | None, base_fan_in: int | None, o: GrowthOptions) -> Init:
@@ -578,16 +584,21 @@ def _check_tensors(source: Source, plan: Plan) -> None:
     it (or copy it unchanged), with float32 knobs, into a file that can
     address it."""
     o = plan.options
+    fitting: set[tuple[float, float, Init]] = set()  # knobs checked: a plan has few distinct ones
     for t in plan.tensors:
         if t.verbatim and not t.unchanged:
             raise PlanError(f"{source.path}: tensor '{t.source or t.name}' is {t.dtype}, which the op cannot "
                             f"compute ({t.role.value}); it takes {OP_DTYPES}")
+        knobs = (t.shrink, t.perturb, t.init)
+        if knobs in fitting:
+            continue
         scales = [t.shrink, t.noise_std] if isinstance(t.init, Normal) else [
             t.shrink, t.perturb * t.init.value, t.perturb * t.init.source_value]
         bad = next((x for x in scales if not _float32(x)), None)
         if bad is not None:
             raise PlanError(f"tensor '{t.name}': --shrink {o.shrink:g}, --perturb {o.perturb:g} and --init-std "
                             f"{o.init_std:g} give it a scale of {bad:g}, beyond float32")
+        fitting.add(knobs)
     if plan.bytes_after > MAX_DIM:
         largest = max(plan.tensors, key=lambda t: t.numel * ITEMSIZE[t.dtype])
         raise PlanError(f"the grown checkpoint would take {plan.bytes_after} bytes (tensor '{largest.name}' "

@@ -27,9 +27,8 @@ import stat
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import CheckpointError
 from .safetensors_spec import ITEMSIZE, MAX_HEADER, METADATA_KEY, nbytes
@@ -42,12 +41,13 @@ SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_OPEN_FILES = 64  # per checkpoint; a mapped file holds a second descriptor
 READ_AHEAD = 1 << 20  # read_rows serves smaller reads from one read of this size
+ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))  # of every tensor's header entry
 MAX_JSON_DEPTH = 64  # real configs nest a few levels; deeper ones break recursive code later
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: file, dtype (safetensors name), shape, bytes."""
+class TensorInfo(NamedTuple):
+    """Where one tensor lives: file, dtype (safetensors name), shape, bytes.
+    A named tuple: a header of tens of thousands of tensors makes one each."""
 
     name: str
     dtype: str
@@ -62,12 +62,14 @@ class TensorInfo:
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key '{key}'")
-        seen[key] = value
-    return seen
+    result = dict(pairs)
+    if len(result) < len(pairs):  # find the first repeat, to name it
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key '{key}'")
+            seen.add(key)
+    return result
 
 
 def _kind(mode: int) -> str:
@@ -156,6 +158,14 @@ def header_sha256(path: Path) -> str:
         return hashlib.sha256(prefix + f.read(min(n, MAX_HEADER))).hexdigest()
 
 
+def _addressable_nbytes(path: Path, name: str, dtype: str, shape: tuple[int, ...]) -> int:
+    """The bytes of a tensor of this dtype and shape, which must be small
+    enough that its strides do not overflow, even with a zero dimension."""
+    if math.prod(max(d, 1) for d in shape) >= 2**63:
+        raise CheckpointError(path, f"shape {list(shape)} is too large to address", name)
+    return nbytes(dtype, shape)
+
+
 def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     """Parse and check one safetensors header; tensors come in file order."""
     with os.fdopen(open_regular(path), "rb") as f:
@@ -182,26 +192,28 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
 
     base = 8 + n
     tensors = []
+    sizes: dict[tuple[str, tuple[int, ...]], int] = {}  # the bytes of each dtype and shape checked so far
     for name, info in header.items():
         if not _valid_unicode(name):
             raise CheckpointError(path, "tensor name is not valid Unicode (a lone surrogate)", name)
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        if not isinstance(info, dict) or info.keys() != ENTRY_KEYS:
             raise CheckpointError(path, "entry must have exactly dtype, shape and data_offsets", name)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in ITEMSIZE:
             raise CheckpointError(path, f"unknown or unsupported dtype {dtype!r}", name)
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise CheckpointError(path, f"shape {shape!r} is not a list of non-negative integers", name)
-        if math.prod(max(d, 1) for d in shape) >= 2**63:  # strides would overflow, even with a zero dim
-            raise CheckpointError(path, f"shape {shape} is too large to address", name)
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        shape = tuple(shape)
+        need = sizes.get((dtype, shape))
+        if need is None:
+            need = sizes[dtype, shape] = _addressable_nbytes(path, name, dtype, shape)
+        begin, stop = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
+        if not (type(begin) is int and type(stop) is int and 0 <= begin <= stop):
             raise CheckpointError(path, f"data_offsets {offsets!r} are not [begin, end]", name)
-        need = nbytes(dtype, shape)
-        if offsets[1] - offsets[0] != need:
-            raise CheckpointError(path, f"shape {shape} of {dtype} needs {need} bytes but data_offsets "
-                                        f"span {offsets[1] - offsets[0]}", name)
-        tensors.append((offsets[0], offsets[1], name, dtype, tuple(shape)))
+        if stop - begin != need:
+            raise CheckpointError(path, f"shape {list(shape)} of {dtype} needs {need} bytes but data_offsets "
+                                        f"span {stop - begin}", name)
+        tensors.append((begin, stop, name, dtype, shape))
 
     tensors.sort()
     end, previous = 0, None
