@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .architectures import ARCHITECTURES, Architecture, Axis, Kind, Param, Role, by_name
 from .errors import PlanError
+from .reader import collection_paused
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 
@@ -41,6 +42,7 @@ class Source:
     config_path: str | None = None  # where the config was read, for messages
 
     @classmethod
+    @collection_paused()
     def of(cls, ckpt) -> Source:
         """From an open reader.Checkpoint."""
         config_path = None
@@ -518,7 +520,7 @@ def write_base_shapes(base: Mapping[str, list[int | None]]) -> str:
     @functools.cache  # a checkpoint of many tensors has few distinct base shapes
     def dims(v: tuple[int | None, ...]) -> str:
         return "[" + ", ".join("null" if d is None else str(d) for d in v) + "]"
-    return "".join(f"{name}: {dims(tuple(v))}\n" for name, v in sorted(base.items()))
+    return "".join(f"{name}: {dims(tuple(base[name]))}\n" for name in sorted(base))
 
 
 def init_for(role: Role, fan_in: int | None, base_fan_in: int | None, o: GrowthOptions) -> Init:
@@ -606,6 +608,7 @@ def _check_tensors(source: Source, plan: Plan) -> None:
                         "--to-ffn or --to-depth")
 
 
+@collection_paused()
 def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Path | None = None) -> Plan:
     """Plan a growth of `source`; raises PlanError before anything is written."""
     _check_options(options)

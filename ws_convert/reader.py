@@ -17,7 +17,9 @@ per checkpoint are held open at once, whatever the number of shards.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import json
 import math
 import mmap
@@ -26,7 +28,7 @@ import re
 import stat
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -156,6 +158,23 @@ def header_sha256(path: Path) -> str:
         prefix = f.read(8)
         n = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
         return hashlib.sha256(prefix + f.read(min(n, MAX_HEADER))).hexdigest()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while building objects that all
+    stay alive (a header of tens of thousands of tensors, its plan): each
+    collection meanwhile would traverse them all again for nothing, a third
+    of the set-up time of 20,000 small tensors. Reference counting still
+    frees what is dropped. Also a decorator."""
+    if not gc.isenabled():  # paused by the caller already: theirs to resume
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _addressable_nbytes(path: Path, name: str, dtype: str, shape: tuple[int, ...]) -> int:
@@ -472,6 +491,7 @@ def _pickle_reason(exc: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+@collection_paused()
 def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
     """Open a `.safetensors` file, a `model.safetensors.index.json`, or a
     directory holding either (with an optional `config.json` beside them).
