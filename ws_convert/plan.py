@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .architectures import ARCHITECTURES, Architecture, Axis, Kind, Param, Role, by_name
 from .errors import PlanError
-from .reader import collection_paused
+from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 

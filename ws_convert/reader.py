@@ -17,9 +17,7 @@ per checkpoint are held open at once, whatever the number of shards.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import gc
 import json
 import math
 import mmap
@@ -28,11 +26,12 @@ import re
 import stat
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import CheckpointError
+from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE, MAX_HEADER, METADATA_KEY, nbytes
 
 if TYPE_CHECKING:
@@ -158,23 +157,6 @@ def header_sha256(path: Path) -> str:
         prefix = f.read(8)
         n = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
         return hashlib.sha256(prefix + f.read(min(n, MAX_HEADER))).hexdigest()
-
-
-@contextlib.contextmanager
-def collection_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while building objects that all
-    stay alive (a header of tens of thousands of tensors, its plan): each
-    collection meanwhile would traverse them all again for nothing, a third
-    of the set-up time of 20,000 small tensors. Reference counting still
-    frees what is dropped. Also a decorator."""
-    if not gc.isenabled():  # paused by the caller already: theirs to resume
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _addressable_nbytes(path: Path, name: str, dtype: str, shape: tuple[int, ...]) -> int:

@@ -11,6 +11,8 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 
+from .gc_pause import collection_paused
+
 # Bytes per element of every dtype name the format defines that ws-convert
 # reads (torch equivalents: torch_dtypes.py).
 ITEMSIZE: dict[str, int] = {
@@ -27,6 +29,7 @@ def nbytes(dtype: str, shape: Sequence[int]) -> int:
     return ITEMSIZE[dtype] * math.prod(shape)
 
 
+@collection_paused()
 def encode_header(entries: Sequence[tuple[str, str, Sequence[int]]],
                   metadata: Mapping[str, str] | None) -> tuple[bytes, dict[str, tuple[int, int]]]:
     """Header bytes (length prefix included, padded to 8 bytes) for tensors
