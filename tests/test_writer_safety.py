@@ -359,7 +359,7 @@ def test_every_shard_is_synced_before_the_commit(tmp_path, monkeypatch):
 def test_total_size_is_computed_once(monkeypatch):
     calls = []
     real = OutputTensor.nbytes
-    monkeypatch.setattr(OutputTensor, "nbytes", property(lambda t: (calls.append(1), real.fget(t))[1]))
+    monkeypatch.setattr(OutputTensor, "nbytes", property(lambda t: (calls.append(1), real.func(t))[1]))
     w = CheckpointWriter("unused", [OutputTensor(f"t{i}", "F32", (4,)) for i in range(100)], max_shard_size=64)
     size = w.total_size
     calls.clear()

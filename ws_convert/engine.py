@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from . import _ext
 from .errors import OutputError
+from .gc_pause import collection_paused
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import Checkpoint, open_checkpoint, tensor_bytes
@@ -451,6 +452,7 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
         stream.finish()
 
 
+@collection_paused()
 def planned_writer(out: str | Path, plan: Plan, prov: dict, **kwargs) -> CheckpointWriter:
     """The writer of grow's output, every file of which follows from the plan
     and the record (`verify` plans the same files to compare them)."""
