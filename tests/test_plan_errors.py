@@ -34,7 +34,7 @@ def source(kind="llama", config=True, **kw):
     (4, 2, dict(to_width=128, to_depth=1), "smaller than the source depth"),
     (4, 2, dict(to_width=128, to_depth=3), "multiple of 2"),
     (4, 2, dict(to_width=128, to_depth=3, depth_policy="interleave"), "multiple of 2"),
-    (4, 2, dict(to_width=128, arch="gpt2"), "not a gpt2 checkpoint"),
+    (4, 2, dict(to_width=128, arch="gpt2"), "model_type 'llama', which --arch gpt2 does not describe"),
     (4, 2, dict(to_width=128, readout_init="ones"), "readout-init"),
 ])
 def test_refused_targets(heads, kv, options, message):
@@ -53,6 +53,8 @@ def test_bare_file_needs_head_count(tmp_path):
     src, state = source("gpt2", config=False)
     with pytest.raises(PlanError, match="--num-heads"):
         make_plan(src, GrowthOptions(to_width=128))
+    with pytest.raises(PlanError, match="not a llama checkpoint"):  # no model_type: the names decide
+        make_plan(src, GrowthOptions(to_width=128, arch="llama"))
     plan = make_plan(src, GrowthOptions(to_width=128, num_heads=4))
     assert plan.target.heads == 8 and plan.config is None
     with pytest.raises(PlanError, match="4.5 heads"):  # width 72 has no whole head count
@@ -77,14 +79,15 @@ def test_unknown_architecture_and_tensors(tmp_path):
 def test_generic_fallback_pads_and_warns():
     tensors = {"embed.weight": torch.randn(10, 8), "block.w": torch.randn(16, 8), "block.norm.weight": torch.ones(8),
                "head.weight": torch.randn(10, 8)}
-    grown, plan = grow_state_dict(tensors, 16, config={"hidden_size": 8, "intermediate_size": 16},
-                                  arch="generic", shrink=1.0, perturb=0.0)
+    config = {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2}
+    grown, plan = grow_state_dict(tensors, 16, config=config, arch="generic", shrink=1.0, perturb=0.0)
     assert grown["block.w"].shape == (32, 16) and torch.equal(grown["block.w"][:16, :8], tensors["block.w"])
     assert {t.name: t.role.value for t in plan.tensors} == {
         "embed.weight": "input", "block.w": "hidden", "block.norm.weight": "norm_gain", "head.weight": "output"}
     assert plan.warnings and "generic" in plan.warnings[0]
     with pytest.raises(PlanError, match="fused heads"):
-        grow_state_dict({"qkv": torch.randn(24, 8)}, 16, config={"hidden_size": 8}, arch="generic")
+        grow_state_dict({"qkv": torch.randn(24, 8)}, 16, config={"hidden_size": 8, "num_attention_heads": 2},
+                        arch="generic")
     with pytest.raises(PlanError, match="needs the width"):
         grow_state_dict({"w": torch.randn(8, 8)}, 16, arch="generic")
 

@@ -209,6 +209,7 @@ def _find_prefix(arch: Architecture, names: set[str]) -> str | None:
 def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, str]:
     """The architecture (None: generic) and the model prefix its names carry."""
     names = set(source.tensors)
+    model_type = (source.config or {}).get("model_type") or source.metadata.get("model_type")
     if arch_name:
         try:
             arch = by_name(arch_name)
@@ -217,12 +218,16 @@ def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, 
                             "generic") from None
         if arch is None:
             return None, ""
+        if model_type is not None and model_type not in arch.model_types:
+            # a family of the same tensor names may store them differently (Gemma's norm gain is 1 + w)
+            raise PlanError(f"{source.config_name}: config says model_type {shown(model_type)}, which --arch "
+                            f"{arch_name} does not describe ({', '.join(arch.model_types)}); its layout or norms "
+                            "may differ, so it is not grown as one")
         prefix = _find_prefix(arch, names)
         if prefix is None:
             raise PlanError(f"{source.path}: no '{arch.globals[0].name.format(p=arch.prefixes[0])}' "
                             f"tensor, so this is not a {arch.name} checkpoint")
         return arch, prefix
-    model_type = (source.config or {}).get("model_type") or source.metadata.get("model_type")
     for arch in ARCHITECTURES.values():
         prefix = _find_prefix(arch, names)
         if prefix is not None and (model_type is None or model_type in arch.model_types):
