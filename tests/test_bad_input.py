@@ -31,7 +31,8 @@ def one_line_error(args: list, *expected: str) -> str:
     return lines[0]
 
 
-def tiny_source(directory: Path, config: str | None = '{"hidden_size": 2}', **tensors) -> Path:
+def tiny_source(directory: Path, config: str | None = '{"hidden_size": 2, "num_attention_heads": 1}',
+                **tensors) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors or {"w": torch.ones(2, 2)}, directory / "model.safetensors")
     if config is not None:
@@ -51,7 +52,7 @@ ALMOST = '{"a": ' * 990 + "1" + "}" * 990  # parses, then breaks whatever recurs
 
 @pytest.mark.parametrize("nested", [DEEP, ALMOST], ids=["deep", "almost"])
 def test_deeply_nested_config(tmp_path, nested):
-    src = tiny_source(tmp_path / "src", config=f'{{"hidden_size": 2, "x": {nested}}}')
+    src = tiny_source(tmp_path / "src", config=f'{{"hidden_size": 2, "num_attention_heads": 1, "x": {nested}}}')
     one_line_error(["grow", src, "--to-width", "4", "--arch", "generic", "-o", tmp_path / "out"],
                    str(src / "config.json"), "nested more than")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -107,7 +108,7 @@ def test_lone_surrogate_tensor_name(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     raw_safetensors(src / "model.safetensors", header, b"\0" * 16)
-    (src / "config.json").write_text('{"hidden_size": 2}')
+    (src / "config.json").write_text('{"hidden_size": 2, "num_attention_heads": 1}')
     one_line_error(["grow", src, "--to-width", "4", "--arch", "generic", "-o", tmp_path / "out"],
                    "tensor 'a\\udc80b'", "lone surrogate")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -132,7 +133,7 @@ def test_control_characters_in_names_stay_on_one_line(tmp_path):
 ])
 def test_pickle_with_unusual_tensors(tmp_path, kind, make):
     torch.save({"w": make()}, tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text('{"hidden_size": 3}')
+    (tmp_path / "config.json").write_text('{"hidden_size": 3, "num_attention_heads": 1}')
     one_line_error(["grow", tmp_path, "--to-width", "6", "--arch", "generic", "--allow-pickle", "-o",
                     tmp_path / "out"], "pytorch_model.bin: tensor 'w'",
                    f"not a plain weights-only state dict: a {kind} tensor")
@@ -154,7 +155,7 @@ TRUNCATE_SOURCE = """
 import sys, torch
 from safetensors.torch import save_file
 save_file({"w": torch.randn(16001, 1024)}, sys.argv[1] + "/model.safetensors")
-open(sys.argv[1] + "/config.json", "w").write('{"hidden_size": 1024}')
+open(sys.argv[1] + "/config.json", "w").write('{"hidden_size": 1024, "num_attention_heads": 1}')
 """
 
 

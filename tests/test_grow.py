@@ -169,7 +169,7 @@ INTERRUPT = """
 import sys, torch
 from safetensors.torch import save_file
 save_file({"w": torch.randn(4096, 4096)}, sys.argv[1] + "/w.safetensors")
-open(sys.argv[1] + "/config.json", "w").write('{"hidden_size": 4096}')
+open(sys.argv[1] + "/config.json", "w").write('{"hidden_size": 4096, "num_attention_heads": 1}')
 """
 
 

@@ -26,7 +26,7 @@ def src(tmp_path):
     root = tmp_path / "src"
     root.mkdir()
     save_file({"w": torch.randn(8, 8)}, root / "model.safetensors")
-    (root / "config.json").write_text('{"hidden_size": 8}')
+    (root / "config.json").write_text('{"hidden_size": 8, "num_attention_heads": 1}')
     return root
 
 
@@ -110,7 +110,7 @@ def sparse_source(directory, rows=4096):
     with open(directory / "w.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header)
         f.truncate(8 + len(header) + size)
-    (directory / "config.json").write_text(json.dumps({"hidden_size": rows}))
+    (directory / "config.json").write_text(json.dumps({"hidden_size": rows, "num_attention_heads": 1}))
 
 
 def test_sigterm_leaves_nothing_like_ctrl_c(tmp_path):

@@ -234,11 +234,11 @@ def test_generic_config_sizes(tmp_path, config, key):
     refused(["plan", src, "--to-width", 16, "--arch", "generic"], str(src / "config.json"), f"'{key}'")
 
 
-def test_generic_keeps_head_dim_with_the_width(tmp_path):
+def test_generic_adds_heads_of_the_same_head_dim(tmp_path):
     grown_config = make_plan(Source("m", {"w": ("F32", (8, 8))}, {"hidden_size": 8, "num_attention_heads": 2,
                                                                "head_dim": 4}),
                              GrowthOptions(to_width=16, arch="generic")).config
-    assert grown_config == {"hidden_size": 16, "num_attention_heads": 2, "head_dim": 8}
+    assert grown_config == {"hidden_size": 16, "num_attention_heads": 4, "head_dim": 4}
 
 
 @pytest.mark.parametrize("option,value", [("shrink", "nan"), ("perturb", "inf"), ("init-std", "1e300")])
@@ -351,7 +351,7 @@ def test_generic_copies_non_float_buffers(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     save_file(tensors, src / "model.safetensors")
-    (src / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    (src / "config.json").write_text(json.dumps({"hidden_size": 8, "num_attention_heads": 1}))
     res = CliRunner().invoke(main, ["grow", str(src), "--to-width", "16", "--arch", "generic", "-o",
                                     str(tmp_path / "out"), "-q"])
     assert res.exit_code == 0, (res.output, res.exception)

@@ -257,7 +257,7 @@ def test_open_files_stay_bounded_whatever_the_shard_count(tmp_path):
     done = subprocess.run([sys.executable, "-c", MANY_SHARDS, str(src), "400"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(int(n) < 200 for n in done.stdout.split()), done.stdout
-    (src / "config.json").write_text('{"hidden_size": 3}')
+    (src / "config.json").write_text('{"hidden_size": 3, "num_attention_heads": 1}')
     grow = ("import resource, sys; from ws_convert.engine import grow\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
             "grow(sys.argv[1], 6, out=sys.argv[2], arch='generic', max_shard_size=50)")
@@ -279,7 +279,7 @@ def calls_to_grow(tmp_path: Path, tensors: int) -> int:
     src = tmp_path / f"src{tensors}"
     src.mkdir()
     save_file({f"layers.{i}.w": torch.ones(2, 2) for i in range(tensors)}, src / "model.safetensors")
-    (src / "config.json").write_text('{"hidden_size": 2}')
+    (src / "config.json").write_text('{"hidden_size": 2, "num_attention_heads": 1}')
     counter = itertools.count()
 
     def count(frame, event, arg):

@@ -19,7 +19,7 @@ def source(tmp_path: Path, tensors: int) -> Path:
     src = tmp_path / f"src{tensors}"
     src.mkdir()
     save_file({f"layers.{i}.w": torch.ones(2, 2) for i in range(tensors)}, src / "model.safetensors")
-    (src / "config.json").write_text('{"hidden_size": 2}')
+    (src / "config.json").write_text('{"hidden_size": 2, "num_attention_heads": 1}')
     return src
 
 

@@ -1,7 +1,15 @@
 """The generic fallback: no architecture known, so every axis equal to the
 width (or the ffn size, when the config gives it) is padded top-left, and
-roles are guessed from names and shapes. Anything where heads would be
-ambiguous is refused rather than guessed.
+roles are guessed from names and shapes.
+
+Attention is grown only where the config proves the heads: a head count,
+head_dim (given, or width / heads) with the heads filling the width, and as
+many key/value heads. The width then grows by adding whole heads of the same
+head_dim, so padding q/k/v rows and the output projection's columns top-left
+keeps old head h at rows [h * head_dim, (h + 1) * head_dim): head h stays
+head h, and the new heads come after. Widening each head instead would merge
+old heads into new ones. Anything where heads would be ambiguous is refused
+rather than guessed.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from .szp_spec import Init, Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
 FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
-SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": ("num_attention_heads", "n_head"),
-             "kv_heads": ("num_key_value_heads",), "head_dim": ("head_dim",)}
-NULLABLE = ("ffn", "head_dim", "kv_heads")  # null: not known
+HEADS_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
+SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": HEADS_KEYS, "kv_heads": ("num_key_value_heads",),
+             "head_dim": ("head_dim",), "vocab": ("vocab_size",)}
+NULLABLE = ("ffn", "head_dim", "kv_heads", "vocab")  # null: not known
 
 
 class _Layout(NamedTuple):
@@ -33,13 +42,15 @@ class _Layout(NamedTuple):
     base: tuple[int | None, ...]  # the μP base shape without a base-shapes file: the source's own
 
 
-def _layout(name: str, shape: tuple[int, ...], width: int, grow: Mapping[int, int]) -> _Layout:
+def _layout(name: str, shape: tuple[int, ...], width: int, grow: Mapping[int, int], vocab: int | None) -> _Layout:
     """The layout of `shape`, refused where an axis looks like fused heads
-    (`name` is the first tensor of that shape)."""
+    (`name` is the first tensor of that shape); the vocabulary the config
+    gives is no width axis, whatever its size."""
     for d in shape:
-        if d not in grow and d > width and d % width == 0:
-            raise PlanError(f"tensor '{name}': axis of size {d} = {d // width} x width looks like fused "
-                            "heads, which the generic layout cannot split; give --arch")
+        if d not in grow and d != vocab and d > width and d % width == 0:
+            raise PlanError(f"tensor '{name}': axis of size {d} = {d // width} x width, which --arch generic cannot "
+                            f"tell from fused heads; give the ffn size ({', '.join(FFN_KEYS)}) or vocab_size if "
+                            "that is what it is, or --arch")
     growing = tuple(d in grow for d in shape)
     return _Layout(growing, tuple(grow.get(d, d) for d in shape),
                    tuple((Segment(0, 0, d),) if d else () for d in shape),
@@ -61,28 +72,26 @@ def _role(name: str, growing: Sequence[bool]) -> tuple[Role, int | None]:
     raise PlanError(f"tensor '{name}': cannot tell its μP role from {len(growing)} axes; give --arch")
 
 
-def _head_dim(source: Source, given: dict[str, tuple[int, str]], to_width: int) -> tuple[int, int, int | None]:
-    """(heads, head_dim, grown head_dim or None when it stays). A config that
-    names heads is read with the width split into them: the grown config
-    must agree with the padded projections, so the heads must split the new
-    width too, and grouped key/value heads (whose rows are not the width)
-    cannot follow."""
+def _heads(source: Source, given: dict[str, tuple[int, str]], to_width: int) -> tuple[int, int, int]:
+    """(heads, head_dim, grown heads): the config must prove where every
+    head lies, and the grown width must hold whole heads of the same size."""
     width = given["width"][0]
     if "heads" not in given:
-        return 1, width, None
+        raise PlanError(f"{source.config_name}: no head count ({', '.join(HEADS_KEYS)}), so --arch generic cannot "
+                        "tell where the attention heads lie; give --arch, or a config with num_attention_heads")
     heads, key = given["heads"]
     head_dim = given["head_dim"][0] if "head_dim" in given else width // heads
     if heads * head_dim != width:
-        if "head_dim" in given:
-            return heads, head_dim, None  # heads of their own size: not padded, not changed
-        raise PlanError(f"{source.config_name}: '{key}' is {heads}, which does not split the width {width}")
-    if to_width % heads:
-        raise PlanError(f"{source.config_name}: '{key}' is {heads}, which does not split --to-width {to_width}")
+        raise PlanError(f"{source.config_name}: {heads} heads ('{key}') of head_dim {head_dim} do not fill the "
+                        f"width {width}, so --arch generic cannot tell the attention axes; give --arch")
     if given.get("kv_heads", (heads,))[0] != heads:
         kv, kv_key = given["kv_heads"]
         raise PlanError(f"{source.config_name}: '{kv_key}' is {kv}: --arch generic cannot grow grouped key/value "
                         "heads; give --arch")
-    return heads, head_dim, to_width // heads
+    if to_width % head_dim:
+        raise PlanError(f"--to-width {to_width} is not a multiple of head_dim {head_dim}: --arch generic grows "
+                        "attention by whole heads")
+    return heads, head_dim, to_width // head_dim
 
 
 def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, object] | None = None,
@@ -96,6 +105,9 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
         raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
     if o.to_depth:
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
+    if o.head_policy != "heads":
+        raise PlanError(f"--head-policy {o.head_policy}: --arch generic cannot widen heads without knowing each "
+                        "head's layout (rotary halves, interleaving); use --head-policy heads or give --arch")
     ffn = given["ffn"][0] if "ffn" in given else None
     if o.to_ffn and not ffn:
         raise PlanError(f"{source.config_name}: --to-ffn needs the ffn size in the config ({', '.join(FFN_KEYS)})")
@@ -105,15 +117,19 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
     if ffn == width and to_ffn != o.to_width:
         raise PlanError(f"{source.config_name}: the ffn size is the width ({width}), so --arch generic cannot tell "
                         "their axes apart; give --arch")
-    heads, head_dim, grown_head_dim = _head_dim(source, given, o.to_width)
+    heads, head_dim, to_heads = _heads(source, given, o.to_width)
     grow = {width: o.to_width, **({ffn: to_ffn} if ffn else {})}
+    vocab, vocab_key = given.get("vocab", (None, None))
+    if vocab in grow:
+        raise PlanError(f"{source.config_name}: '{vocab_key}' {vocab} is also the width or ffn size, so --arch "
+                        "generic cannot tell the vocabulary's axes from theirs; give --arch")
     tensors = []
     base_shapes = {}
     layouts: dict[tuple[int, ...], _Layout] = {}  # checkpoints of many tensors have few shapes
     inits: dict[tuple[Role, int | None, int | None], Init] = {}
     for name, (dtype, shape) in source.tensors.items():
         if shape not in layouts:
-            layouts[shape] = _layout(name, shape, width, grow)
+            layouts[shape] = _layout(name, shape, width, grow, vocab)
         layout = layouts[shape]
         growing = any(layout.growing)
         role, fan_in = _role(name, layout.growing) if growing else (Role.BUFFER, None)
@@ -126,12 +142,13 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
         tensors.append(TensorPlan(name, name, shape, layout.shape, output_dtype(dtype, o.dtype), role, layout.maps,
                                   shrink, perturb, inits[knobs], name, "generic" if growing else "unchanged, copied"))
     src = Sizes(width, ffn or 0, heads, heads, head_dim, 0)
-    dst = Sizes(o.to_width, to_ffn or 0, heads, heads, grown_head_dim or head_dim, 0)
-    warnings = [f"generic architecture: every axis of size {width}"
-                + (f" or {ffn}" if ffn else "") + " is padded top-left; heads and fused projections "
-                "are not known, so check the result or give --arch"]
+    dst = Sizes(o.to_width, to_ffn or 0, to_heads, to_heads, head_dim, 0)
+    warnings = [f"generic architecture: every axis of size {width}" + (f" or {ffn}" if ffn else "")
+                + f" is padded top-left, adding heads of head_dim {head_dim} ({heads} -> {to_heads}); fused "
+                "projections are not known, so check the result or give --arch"]
     new_config = dict(source.config or {})
-    for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn), (SIZE_KEYS["head_dim"], grown_head_dim)):
+    for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn), (HEADS_KEYS, to_heads),
+                        (SIZE_KEYS["kv_heads"], to_heads)):
         for k in keys:
             if new_config.get(k) is not None and value is not None:
                 new_config[k] = value
