@@ -38,7 +38,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "bytes": report.bytes_writ
 
 def make_source(directory: Path, count: int, width: int) -> int:
     """`count` random bf16 tensors of shape (width, width) and a config
-    naming the width; returns the source bytes."""
+    naming the width and one head (the generic layout needs a head count);
+    returns the source bytes."""
     import torch
     from safetensors.torch import save_file
 
@@ -46,7 +47,7 @@ def make_source(directory: Path, count: int, width: int) -> int:
     data = (torch.randn(count, width, width, generator=g) * 0.02).to(torch.bfloat16)
     directory.mkdir(parents=True)
     save_file({f"layers.{i}.weight": data[i] for i in range(count)}, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps({"hidden_size": width}))
+    (directory / "config.json").write_text(json.dumps({"hidden_size": width, "num_attention_heads": 1}))
     return data.numel() * 2
 
 
