@@ -266,7 +266,8 @@ def test_a_source_rewritten_with_the_same_tensors_verifies(copy, tmp_path):
     (tmp_path / "one").mkdir()
     save_file({n: src.tensor(n).clone() for n in src.tensors}, tmp_path / "one" / "model.safetensors",
               metadata={"format": "pt"})
-    shutil.copy(copy / "small" / "config.json", tmp_path / "one")
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy(copy / "small" / name, tmp_path / "one")
     code, lines = run_verify(copy / "grown", "--source", str(tmp_path / "one"))
     assert code == 0 and lines[0].startswith("note: the source's files were rewritten since"), lines
     assert lines[-1].startswith("ok:"), lines

@@ -222,10 +222,14 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
             bar.__exit__(None, None, None)
     for w in report.plan.warnings:
         click.echo(f"warning: {w}", err=True)
+    for name, why in report.skipped:
+        click.echo(printable(f"note: not copied: {name} ({why})"), err=True)
     if not quiet:
         click.echo(f"wrote {report.out}: {human(report.params_before)} -> {human(report.params_after)} parameters, "
                    f"{human(report.bytes_written)}B in {report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, "
                    f"{report.device})")
+        if report.copied:
+            click.echo(printable(f"copied from the source: {few(report.copied)}"))
 
 
 def few(names: list[str], shown: int = 10) -> str:
@@ -251,7 +255,8 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
     if r.source_files_changed and not (r.source_changed or r.source_config_changed):
         click.echo(f"note: the source's files were rewritten since ({few(r.source_files_changed)}), "
                    "holding the same tensors")
-    changed = (["its config"] if r.source_config_changed else []) + [f"tensor {n}" for n in r.source_changed]
+    changed = ((["its config"] if r.source_config_changed else []) + [f"tensor {n}" for n in r.source_changed]
+               + [f"file {n}" for n in r.source_copies_changed])
     if changed:
         click.echo(f"the source changed since: {few(changed)}")
     for p in r.files:

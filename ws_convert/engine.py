@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _ext
-from .errors import OutputError
+from .errors import CheckpointError, OutputError
 from .gc_pause import collection_paused
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
-from .provenance import HASHES, SourceHasher, record, record_text, without_hashes
-from .reader import Checkpoint, open_checkpoint, tensor_bytes
+from .provenance import HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
+from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, tensor_id
-from .writer import PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir, parse_size
+from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir,
+                     parse_size)
 
 if TYPE_CHECKING:
     import torch
@@ -100,6 +102,8 @@ class GrowReport:
     device: str
     bytes_written: int
     seconds: float
+    copied: list[str] = field(default_factory=list)  # the source's other files, copied beside the weights
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why) of those not copied
 
     @property
     def params_before(self) -> int:
@@ -122,6 +126,63 @@ def default_out(src: Path, to_width: int) -> Path:
         stem = src.parent.name
         src = src.parent
     return src.parent / f"{stem}-w{to_width}"
+
+
+def source_dir(src: str | Path) -> Path | None:
+    """The model directory whose other files (tokenizer, generation config,
+    ...) belong with the weights: the source when it is a directory, or the
+    one holding a source given as its `model.safetensors` or index. A lone
+    file elsewhere has none: its neighbours need not be the model's."""
+    src = Path(src)
+    if src.is_dir():
+        return src
+    return src.parent if src.name in (SINGLE_NAME, INDEX_NAME) else None
+
+
+def _is_weights_or_written(name: str) -> bool:
+    """Weights (copied only as grown tensors) and files grow writes itself."""
+    return (name.endswith((".safetensors", ".safetensors.index.json", *PICKLE_SUFFIXES))
+            or name in (CONFIG_NAME, PROVENANCE_NAME, BASE_SHAPES_NAME))
+
+
+def side_files(directory: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files of the model directory grow copies beside the weights, and
+    (name, why) of those it leaves out that a person may expect: a symlink
+    leading out of the directory (it could point at any file of the user's)
+    and anything that is not a regular file. Hidden files, folders, weights
+    and the files grow writes itself are left out silently."""
+    root = directory.resolve()
+    copy, skipped = [], []
+    for name in sorted(os.listdir(directory)):
+        path = directory / name
+        if name.startswith(".") or _is_weights_or_written(name) or path.is_dir():
+            continue
+        target = path.resolve()
+        if root not in target.parents:
+            skipped.append((name, "a symlink leading out of the source directory"))
+        elif not target.is_file():
+            skipped.append((name, "not a regular file"))
+        else:
+            copy.append(name)
+    return copy, skipped
+
+
+def copy_side_files(writer: CheckpointWriter, directory: Path, names: list[str]) -> dict[str, dict]:
+    """Copy `names` from `directory` into the output; {name: {"bytes", "xxh3_128"}}
+    for the record. A file replaced by a link or a FIFO since `side_files`
+    looked is an error, never followed or read."""
+    copied = {}
+    for name in names:
+        path = directory / name
+        if path.is_symlink() and directory.resolve() not in path.resolve().parents:
+            raise CheckpointError(path, "became a symlink leading out of the source directory")
+        fd = open_regular(path)
+        try:
+            size, digest = writer.copy_file(name, fd)
+        finally:
+            os.close(fd)
+        copied[name] = {"bytes": size, HASH_ALGORITHM: digest}
+    return copied
 
 
 def pick_device(device: str) -> str:
@@ -481,15 +542,18 @@ def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overw
         prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
                       parse_size(max_shard_size))
         writer = planned_writer(out, plan, prov, overwrite=overwrite, protect=protect)
+        directory = source_dir(src)
+        names, skipped = side_files(directory) if directory is not None else ([], [])
         if dry_run:
             writer.check()
-            return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start)
+            return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start, names, skipped)
         with writer, SourceHasher(ckpt) as hasher:
             count, total = len(plan.tensors), writer.total_size
             execute(plan, ckpt, writer.write_chunks, device=dev, threads=threads, chunk_bytes=chunk_bytes,
                     progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
-            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: hasher.result()}))
-    return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start)
+            copied = copy_side_files(writer, directory, names) if names else {}
+            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: {**hasher.result(), "files": copied}}))
+    return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start, names, skipped)
 
 
 __all__ = ["execute", "grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]

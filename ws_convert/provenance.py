@@ -218,7 +218,7 @@ SCHEMA = {
     "source": {"path": str, "relative_path": (str, type(None)), "config_sha256": (str, type(None)),
                "files": [{"name": str, "header_sha256": str}]},
     "options": _options_schema(),
-    HASHES: {"algorithm": str, "tensors": _Map(str)},
+    HASHES: {"algorithm": str, "tensors": _Map(str), "files": _Map({"bytes": int, HASH_ALGORITHM: str})},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
 

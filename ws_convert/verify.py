@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import xxhash
 
 from .engine import DEFAULT_CHUNK_BYTES, Chunk, execute, planned_writer
 from .errors import CheckpointError, PlanError
@@ -19,7 +22,7 @@ from .provenance import (HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_recor
                          read_options, read_record, record_text, without_hashes)
 from .reader import INDEX_NAME, Checkpoint, open_checkpoint, open_regular, parse_json
 from .safetensors_spec import MAX_HEADER, METADATA_KEY
-from .writer import PROVENANCE_NAME, CheckpointWriter
+from .writer import COPY_BLOCK, PROVENANCE_NAME, CheckpointWriter
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class VerifyReport:
     source_changed: list[str] = field(default_factory=list)  # source tensors whose content changed since
     source_config_changed: bool = False
     source_files_changed: list[str] = field(default_factory=list)  # source files whose header changed since
+    source_copies_changed: list[str] = field(default_factory=list)  # copied source files changed or gone since
 
     @property
     def source_layout_changed(self) -> bool:
@@ -56,7 +60,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.files or self.differing or self.stale or self.source_changed or self.source_config_changed)
+        return not (self.files or self.differing or self.stale or self.source_changed or self.source_config_changed
+                    or self.source_copies_changed)
 
 
 def verify(out: str | Path, *, source: str | Path | None = None, allow_pickle: bool = False,
@@ -82,7 +87,10 @@ def verify(out: str | Path, *, source: str | Path | None = None, allow_pickle: b
         report.source_config_changed = config_sha256(src.config) != rec["source"]["config_sha256"]
         plan = _replan(src, rec, report)
         writer = planned_writer(out, plan, rec)
-        report.files = _check_record(rec, plan) + _check_files(out, writer, rec)
+        copies = rec[HASHES]["files"]
+        report.files = _check_record(rec, plan) + _check_files(out, writer, rec, copies) + _check_copies(out, copies)
+        report.source_copies_changed = sorted(n for n, want in copies.items()
+                                              if _content(Path(src.path).parent / n) != want)
         checked = [t for s in writer.shards if _is_file_of(out / s.file, s.size) for t in s.tensors]
         differ = _compare_data(out, plan, src, writer, {t.name for t in checked}, threads, chunk_bytes)
         hashes = rec[HASHES]["tensors"]
@@ -186,9 +194,44 @@ def _record_copy(path: Path) -> dict | str:
         return exc.strerror or str(exc)
 
 
-def _check_files(out: Path, writer: CheckpointWriter, rec: dict) -> list[Problem]:
+def _content(path: Path) -> dict | None:
+    """{"bytes", "xxh3_128"} of a regular file as grow records a copied one,
+    read in blocks; None when it is missing or not a regular file."""
+    try:
+        fd = open_regular(path)
+    except CheckpointError:
+        return None
+    h, size = xxhash.xxh3_128(), 0
+    try:
+        while block := os.pread(fd, COPY_BLOCK, size):
+            h.update(block)
+            size += len(block)
+    finally:
+        os.close(fd)
+    return {"bytes": size, HASH_ALGORITHM: h.hexdigest()}
+
+
+def _check_copies(out: Path, copies: dict[str, dict]) -> list[Problem]:
+    """The source's files grow copied, against the sizes and hashes it recorded."""
+    problems = []
+    for name, want in copies.items():
+        st = _lstat(out / name)
+        if st is None:
+            problems.append(Problem("missing", name))
+        elif not stat.S_ISREG(st.st_mode):
+            problems.append(Problem("differs", name, "is not a regular file"))
+        elif (have := _content(out / name)) != want:
+            detail = (f"has {have['bytes']} bytes, the source's copied file had {want['bytes']}"
+                      if have and have["bytes"] != want["bytes"] else
+                      "is not the source's file byte for byte (its xxh3_128 differs from the record)")
+            problems.append(Problem("differs", name, detail))
+    return problems
+
+
+def _check_files(out: Path, writer: CheckpointWriter, rec: dict, copied: Iterable[str]) -> list[Problem]:
     """Every file of the directory against what grow writes: shards' headers
-    and sizes, and the side files in full."""
+    and sizes, and the side files in full (`copied`: the source's files grow
+    copied, checked by `_check_copies`)."""
     problems = []
     disagree: list[tuple[str, list[str]]] = []  # shards whose record copy disagrees with ws_convert.json
     for shard in writer.shards:
@@ -218,7 +261,7 @@ def _check_files(out: Path, writer: CheckpointWriter, rec: dict) -> list[Problem
         problem = _compare_file(out, name, data, len(data))
         if problem is not None:
             problems.append(problem)
-    expected = {s.file for s in writer.shards} | side.keys()
+    expected = {s.file for s in writer.shards} | side.keys() | set(copied)
     problems += [Problem("unexpected", name) for name in sorted(set(os.listdir(out)) - expected)]
     return problems
 

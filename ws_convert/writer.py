@@ -34,8 +34,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import OutputError, printable
-from .reader import INDEX_NAME, SINGLE_NAME, tensor_bytes
+import xxhash
+
+from .errors import CheckpointError, OutputError, printable
+from .reader import INDEX_NAME, SINGLE_NAME, parse_json, read_file, tensor_bytes
 from .safetensors_spec import ITEMSIZE, encode_header, nbytes
 
 if TYPE_CHECKING:
@@ -247,6 +249,21 @@ MAX_OPEN = 16  # output shards open at once; the others are closed until written
 # What a directory holding ws_convert.json may hold for `overwrite` to replace it.
 _OUTPUT_FILE = re.compile("|".join([re.escape(SINGLE_NAME), r"model-[0-9]{5,}-of-[0-9]{5,}\.safetensors",
                                     *map(re.escape, (INDEX_NAME, PROVENANCE_NAME, CONFIG_NAME, BASE_SHAPES_NAME))]))
+SIDE_HASHES = ("source_hashes", "files")  # where ws_convert.json lists the source's files copied beside the weights
+COPY_BLOCK = 1 << 20
+
+
+def copied_names(out: Path) -> set[str]:
+    """The names of the source files an earlier output's ws_convert.json says
+    grow copied into it (none when it cannot be read): `overwrite` may
+    replace them with the rest of that output."""
+    try:
+        rec = parse_json(read_file(out / PROVENANCE_NAME), out / PROVENANCE_NAME, "the record")
+    except CheckpointError:
+        return set()
+    for key in SIDE_HASHES:
+        rec = rec.get(key) if isinstance(rec, dict) else None
+    return set(rec) if isinstance(rec, dict) else set()
 
 
 class CheckpointWriter:
@@ -330,7 +347,9 @@ class CheckpointWriter:
         if not self.overwrite:
             raise OutputError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
         entries = sorted(os.listdir(out))
-        foreign = [e for e in entries if PROVENANCE_NAME not in entries or not _OUTPUT_FILE.fullmatch(e)]
+        copied = copied_names(out) if PROVENANCE_NAME in entries else set()
+        foreign = [e for e in entries
+                   if PROVENANCE_NAME not in entries or not (_OUTPUT_FILE.fullmatch(e) or e in copied)]
         if foreign:
             n = len(foreign)
             shown = printable(", ".join(foreign[:3])) + (", ..." if n > 3 else "")
@@ -516,11 +535,39 @@ class CheckpointWriter:
     def add_file(self, name: str, content: str) -> None:
         """Give a side file (ws_convert.json, config.json, ...) its final
         content, known only once the data is written; it lands at the commit."""
+        self._check_side_name(name)
+        self.files[name] = content
+
+    def copy_file(self, name: str, src_fd: int) -> tuple[int, str]:
+        """Copy the file open at `src_fd` (read from its start, in blocks, so
+        its size does not matter) byte for byte into the output as `name`;
+        its size and the xxh3_128 of the bytes written."""
+        self._check_open()
+        self._check_side_name(name)
+        if name in self.files:
+            raise OutputError(f"{name} cannot be copied: the checkpoint writer writes it itself")
+        h, size = xxhash.xxh3_128(), 0
+        try:
+            fd = os.open(self.tmp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                while block := os.pread(src_fd, COPY_BLOCK, size):
+                    _pwrite_all(fd, memoryview(block), size)
+                    h.update(block)
+                    size += len(block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._as_output_error(exc) from None
+        return size, h.hexdigest()
+
+    def _check_side_name(self, name: str) -> None:
         if name in (s.file for s in self.shards) or name == INDEX_NAME:
             raise OutputError(f"{name} cannot be a side file: the checkpoint writer writes it itself")
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             raise OutputError(f"{name!r} cannot be a side file: it is not a plain file name")
-        self.files[name] = content
+        if self.tmp_dir is not None and os.path.lexists(self.tmp_dir / name):
+            raise OutputError(f"{name} cannot be a side file: it was copied into the output already")
 
     def index_text(self) -> str | None:
         """The index of a sharded checkpoint (None for a single file)."""
