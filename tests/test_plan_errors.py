@@ -24,8 +24,8 @@ def source(kind="llama", config=True, **kw):
 
 
 @pytest.mark.parametrize("heads,kv,options,message", [
-    (4, 2, dict(to_width=64), "not larger"),
-    (4, 2, dict(to_width=32), "not larger"),
+    (4, 2, dict(to_width=64), "nothing to grow"),
+    (4, 2, dict(to_width=32), "smaller than the source width"),
     (4, 2, dict(to_width=72), "4.5 heads, not a whole number"),
     (4, 1, dict(to_width=80), "1.25 kv-heads, which breaks the GQA group size"),
     (4, 2, dict(to_width=66, head_policy="head-dim"), "head_dim 16.5"),

@@ -198,7 +198,7 @@ def rewrite_record(out: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("edit,text", [
-    (lambda r: r["options"].update(to_width=128.0), "'options.to_width' must be an integer, not 128.0"),
+    (lambda r: r["options"].update(to_width=128.0), "'options.to_width' must be an integer or null, not 128.0"),
     (lambda r: r["options"].update(to_width="128"), "'options.to_width' must be an integer"),
     (lambda r: r["options"].update(shrink=True), "'options.shrink' must be a number"),
     (lambda r: r["options"].update(to_depth=0), "'options.to_depth' must be at least 1"),

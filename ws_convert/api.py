@@ -9,8 +9,8 @@ from .plan import GrowthOptions, Plan, Source, detect, make_plan, source_sizes
 from .reader import open_checkpoint
 
 
-def plan(src: str | Path, to_width: int, *, base_shapes: str | Path | None = None, allow_pickle: bool = False,
-         **options) -> Plan:
+def plan(src: str | Path, to_width: int | None = None, *, base_shapes: str | Path | None = None,
+         allow_pickle: bool = False, **options) -> Plan:
     """The per-tensor plan for growing `src` to `to_width`; nothing is written.
     `options` are GrowthOptions' fields (to_depth, head_policy, shrink, ...)."""
     with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:

@@ -49,7 +49,8 @@ def source_options(fn):
 def growth_options(fn):
     """The knobs of a growth, shared by `grow` and `plan` (docs/DESIGN.md section 7)."""
     for option in reversed([
-        click.option("--to-width", type=click.IntRange(1), required=True, help="Target width (d_model)."),
+        click.option("--to-width", type=click.IntRange(1),
+                     help="Target width (d_model; default: the source width, growing only --to-depth)."),
         click.option("--to-depth", type=click.IntRange(1), help="Target number of layers."),
         click.option("--to-ffn", type=click.IntRange(1), help="Target MLP size (default: scales with width)."),
         click.option("--head-policy", type=click.Choice(HEAD_POLICIES), default="heads", show_default=True,

@@ -53,7 +53,7 @@ def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tupl
                out=out, out_dtype=DTYPES[t.dtype], threads=threads, device=device)
 
 
-def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int, *, config: dict | None = None,
+def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int | None = None, *, config: dict | None = None,
                     base_shapes: str | None = None, threads: int | None = None,
                     **options) -> tuple[dict[str, torch.Tensor], Plan]:
     """Grow an in-memory state dict (tensors on any one device); the same
@@ -118,14 +118,15 @@ class GrowReport:
         return self.bytes_written / max(self.seconds, 1e-9) / 1e9
 
 
-def default_out(src: Path, to_width: int) -> Path:
-    """A new directory beside the source, named after it and the width."""
+def default_out(src: Path, to_width: int | None, to_depth: int | None = None) -> Path:
+    """A new directory beside the source, named after it and the width
+    (`-w<width>`), or the depth when only that grows (`-d<depth>`)."""
     src = Path(src).absolute()
     stem = src.name if src.is_dir() else src.stem.removesuffix(".safetensors.index").removesuffix(".safetensors")
     if not src.is_dir() and src.name in ("model.safetensors", "model.safetensors.index.json"):
         stem = src.parent.name
         src = src.parent
-    return src.parent / f"{stem}-w{to_width}"
+    return src.parent / (f"{stem}-w{to_width}" if to_width is not None else f"{stem}-d{to_depth}")
 
 
 def source_dir(src: str | Path) -> Path | None:
@@ -522,18 +523,19 @@ def planned_writer(out: str | Path, plan: Plan, prov: dict, **kwargs) -> Checkpo
                             config=plan.config, base_shapes=write_base_shapes(plan.base_shapes), **kwargs)
 
 
-def grow(src: str | Path, to_width: int, *, out: str | Path | None = None, overwrite: bool = False,
+def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None = None, overwrite: bool = False,
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
          chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
          dry_run: bool = False, **options) -> GrowReport:
     """Grow the checkpoint at `src` into a new directory (default: beside it,
-    named after it and the width). `options` are GrowthOptions' fields.
+    named after it and the width, or the depth when only that grows).
+    `options` are GrowthOptions' fields.
     `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
     output bytes are computed. A dry run plans and checks everything a real
     run would, the target included, and writes nothing."""
     t_start = time.perf_counter()
-    out = output_dir(out) if out is not None else default_out(Path(src), to_width)
+    out = output_dir(out) if out is not None else default_out(Path(src), to_width, options.get("to_depth"))
     dev = pick_device(device)
     with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
         opts = GrowthOptions(to_width=to_width, **options)

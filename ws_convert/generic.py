@@ -101,10 +101,10 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
         raise PlanError(f"{source.path}: --arch generic needs the width from a config.json "
                         f"({', '.join(WIDTH_KEYS)})")
     width = given["width"][0]
-    if o.to_width <= width:
-        raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
     if o.to_depth:
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
+    if o.to_width <= width:
+        raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
     if o.head_policy != "heads":
         raise PlanError(f"--head-policy {o.head_policy}: --arch generic cannot widen heads without knowing each "
                         "head's layout (rotary halves, interleaving); use --head-policy heads or give --arch")

@@ -78,7 +78,7 @@ class Sizes:
 class GrowthOptions:
     """Every knob of a growth; defaults are those of docs/DESIGN.md."""
 
-    to_width: int
+    to_width: int | None = None  # None: the source width (depth-only growth)
     to_ffn: int | None = None
     to_depth: int | None = None
     head_policy: str = "heads"
@@ -393,9 +393,13 @@ def _whole(x: Fraction) -> bool:
 
 def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
     """Target sizes, refusing anything that cannot keep the structure."""
-    w, w2 = src.width, o.to_width
-    if w2 <= w:
-        raise PlanError(f"--to-width {w2} is not larger than the source width {w}")
+    w, w2 = src.width, o.to_width or src.width
+    layers = o.to_depth or src.layers
+    if w2 < w:
+        raise PlanError(f"--to-width {w2} is smaller than the source width {w}")
+    if w2 == w and layers == src.layers:
+        raise PlanError(f"nothing to grow: the target has the source's width {w} and depth {src.layers}; "
+                        "give a larger --to-width or --to-depth")
     if o.head_policy not in HEAD_POLICIES:
         raise PlanError(f"--head-policy must be one of {', '.join(HEAD_POLICIES)}")
     if o.head_policy == "heads":
@@ -419,7 +423,6 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
         ffn = Fraction(src.ffn * w2, w)
         if not _whole(ffn):
             raise PlanError(f"ffn {src.ffn} does not scale to a whole size at width {w2}; give --to-ffn")
-    layers = o.to_depth or src.layers
     if layers < src.layers:
         raise PlanError(f"--to-depth {layers} is smaller than the source depth {src.layers}")
     if o.depth_policy not in DEPTH_POLICIES:
@@ -557,12 +560,14 @@ def _check_options(o: GrowthOptions) -> None:
     for flag, value, most in (("--to-width", o.to_width, MAX_DIM), ("--to-ffn", o.to_ffn, MAX_DIM),
                               ("--to-depth", o.to_depth, MAX_LAYERS), ("--num-heads", o.num_heads, MAX_DIM),
                               ("--num-kv-heads", o.num_kv_heads, MAX_DIM)):
-        if value is None and flag != "--to-width":
+        if value is None:
             continue
         if type(value) is not int or value <= 0:
             raise PlanError(f"{flag} must be a positive whole number, not {shown(value)}")
         if value > most:
             raise PlanError(f"{flag} {shown(value)} is beyond the largest that can be written ({most})")
+    if o.to_width is None and o.to_depth is None:
+        raise PlanError("give --to-width, --to-depth or both")
     if type(o.seed) is not int or not 0 <= o.seed < 2**64:
         raise PlanError(f"--seed must be a whole number from 0 to 2**64 - 1, not {shown(o.seed)}")
     for flag, value in (("--shrink", o.shrink), ("--perturb", o.perturb), ("--init-std", o.init_std)):
