@@ -4,6 +4,8 @@ slot's chunks in one call. Batching must change no byte and no check."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import xxhash
@@ -97,3 +99,15 @@ def test_a_refused_call_writes_and_records_nothing(tmp_path):
         assert sorted(w.missing()) == ["a", "b"]
         w.write_chunks(chunk_bytes(tensors, whole), whole)
     assert torch.equal(load_file(tmp_path / "out" / "model.safetensors")["a"], tensors["a"])
+
+
+def test_cached_knobs_keep_the_sign_of_zero():
+    from ws_convert.szp_spec import Buffer, Constant, kernel_args
+
+    def knobs(shrink, value):
+        args = kernel_args(Buffer(0, 4, "float32"), (1,), (0, 1), None, None, 0, [[]], shrink=shrink, perturb=1.0,
+                           init=Constant(value), seed=0, tid=0)
+        return math.copysign(1, args["shrink"]), math.copysign(1, args["constant"])
+
+    assert knobs(0.0, 0.0) == (1, 1)
+    assert knobs(-0.0, -0.0) == (-1, -1)  # not the cached +0.0 of the call before

@@ -29,7 +29,7 @@ from .gc_pause import collection_paused
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
-from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, tensor_id
+from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, knobs_key, tensor_id
 from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir,
                      parse_size)
 
@@ -384,7 +384,8 @@ class _CpuStream(_Stream):
         many small tensors has few distinct ones. `lands`: the chunk reads
         source bytes (for none, the kernel takes no source and no maps)."""
         src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
-        key = (t.shape, t.src_shape, t.maps, t.shrink, t.perturb, t.init, t.dtype, src_dtype, seed, lands)
+        key = (t.shape, t.src_shape, t.maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype, src_dtype, seed,
+               lands)
         args = self.templates.get(key)
         if args is None:
             shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)

@@ -14,7 +14,6 @@ noise is added.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -133,10 +132,25 @@ def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], sr
     )
 
 
-@functools.lru_cache(maxsize=1024)
+def knobs_key(shrink: float, perturb: float, init: Init) -> tuple[str, str, str]:
+    """A cache key for the knobs that tells -0.0 from 0.0 (equal as floats,
+    but a zero's sign can reach the output's bytes)."""
+    return repr(shrink), repr(perturb), repr(init)
+
+
+_KNOBS: dict[tuple[str, str, str], dict] = {}
+
+
 def _knobs(shrink: float, perturb: float, init: Init) -> dict:
     """kernel_args' float32 knobs. Cached: a plan has few distinct ones, and
     a checkpoint of many small tensors makes a call per tensor."""
+    key = knobs_key(shrink, perturb, init)
+    if key not in _KNOBS:
+        _KNOBS[key] = _float32_knobs(shrink, perturb, init)
+    return _KNOBS[key]
+
+
+def _float32_knobs(shrink: float, perturb: float, init: Init) -> dict:
     noise = isinstance(init, Normal)
     return dict(shrink=f32(shrink), noise_scale=f32(init.std * perturb) if noise else 0.0,
                 constant=0.0 if noise else f32(perturb * init.value),
