@@ -140,6 +140,21 @@ def test_links_out_and_fifos_are_not_copied_and_are_named(tmp_path, source):
     assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
 
 
+def test_the_sources_weights_in_other_formats_are_not_copied_and_are_named(tmp_path, source):
+    src = tmp_path / "src"
+    _copy_tree(source, src)
+    others = ["pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack", "model.onnx", "params.json"]
+    for name in others:
+        (src / name).write_text("{}")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["grow", str(src), "-o", str(out), "--to-width", "128"])
+    assert res.exit_code == 0, res.output
+    for name in others:
+        assert f"note: not copied: {name} (weights or sizes of the source in another format, not grown)" in res.stderr
+    assert not set(others) & {p.name for p in out.iterdir()}
+    assert (out / "tokenizer.json").is_file()
+
+
 def test_overwrite_replaces_an_output_holding_copied_files(source, grown, tmp_path):
     out = tmp_path / "out"
     _grow(source, "-o", out, "-q")

@@ -146,11 +146,19 @@ def _is_weights_or_written(name: str) -> bool:
             or name in (CONFIG_NAME, PROVENANCE_NAME, BASE_SHAPES_NAME))
 
 
+# Files that describe the source's sizes in another format: copied beside the
+# grown weights they would load (or configure) the small model, with a warning
+# at most. Left out, and said so.
+OTHER_FORMAT_SUFFIXES = (".index.json", ".h5", ".msgpack", ".ot", ".onnx", ".gguf", ".tflite", ".ckpt")
+OTHER_FORMAT_NAMES = ("params.json",)  # Mistral's own config, with the sizes
+
+
 def side_files(directory: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The files of the model directory grow copies beside the weights, and
     (name, why) of those it leaves out that a person may expect: a symlink
-    leading out of the directory (it could point at any file of the user's)
-    and anything that is not a regular file. Hidden files, folders, weights
+    leading out of the directory (it could point at any file of the user's),
+    anything that is not a regular file, and the source's weights or sizes in
+    another format (they would describe the small model beside the grown one). Hidden files, folders, weights
     and the files grow writes itself are left out silently."""
     root = directory.resolve()
     copy, skipped = [], []
@@ -159,7 +167,9 @@ def side_files(directory: Path) -> tuple[list[str], list[tuple[str, str]]]:
         if name.startswith(".") or _is_weights_or_written(name) or path.is_dir():
             continue
         target = path.resolve()
-        if root not in target.parents:
+        if name.endswith(OTHER_FORMAT_SUFFIXES) or name in OTHER_FORMAT_NAMES:
+            skipped.append((name, "weights or sizes of the source in another format, not grown"))
+        elif root not in target.parents:
             skipped.append((name, "a symlink leading out of the source directory"))
         elif not target.is_file():
             skipped.append((name, "not a regular file"))
