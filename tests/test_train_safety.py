@@ -155,3 +155,12 @@ def test_demo_refuses_a_base_that_is_not_a_base_run(tmp_path):
         assert code == 2 and len(lines) == 1, (base, lines)
         assert lines[0].startswith(f"ws-convert: error: {base}: not a base run"), lines
     assert not out.exists()
+
+
+def test_a_log_that_is_not_a_runs_is_never_emptied(tmp_path, text):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"theirs": 1}\n')
+    with pytest.raises(WsConvertError, match="log.jsonl"):
+        train(TrainConfig(**TINY, steps=2, data=text, out=str(out)))
+    assert (out / "log.jsonl").read_text() == '{"theirs": 1}\n'

@@ -91,7 +91,7 @@ MODEL_NAME, OPTIMIZER_NAME, CONFIG_NAME = "model.safetensors", "optimizer.pt", "
 CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")
 # What a run's --out holds only if it is that run's (or replaced with --overwrite): the names the
 # trainer writes over, and any other model's weights.
-MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt)|config\.json|loss\.png")
+MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt)|config\.json|loss\.png|log\.jsonl")
 LEFTOVER = re.compile(r"\.(checkpoint-[0-9]+|model\.safetensors|config\.json)\.partial-([0-9]+)")
 
 
