@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import xxhash
-
 from .engine import DEFAULT_CHUNK_BYTES, Chunk, execute, planned_writer
 from .errors import CheckpointError, PlanError
 from .plan import Plan, Source, make_plan
@@ -22,7 +20,7 @@ from .provenance import (HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_recor
                          read_options, read_record, record_text, without_hashes)
 from .reader import INDEX_NAME, Checkpoint, open_checkpoint, open_regular, parse_json
 from .safetensors_spec import MAX_HEADER, METADATA_KEY
-from .writer import COPY_BLOCK, PROVENANCE_NAME, CheckpointWriter
+from .writer import PROVENANCE_NAME, CheckpointWriter, hash_file
 
 
 @dataclass(frozen=True)
@@ -201,14 +199,11 @@ def _content(path: Path) -> dict | None:
         fd = open_regular(path)
     except CheckpointError:
         return None
-    h, size = xxhash.xxh3_128(), 0
     try:
-        while block := os.pread(fd, COPY_BLOCK, size):
-            h.update(block)
-            size += len(block)
+        size, digest = hash_file(fd)
     finally:
         os.close(fd)
-    return {"bytes": size, HASH_ALGORITHM: h.hexdigest()}
+    return {"bytes": size, HASH_ALGORITHM: digest}
 
 
 def _check_copies(out: Path, copies: dict[str, dict]) -> list[Problem]:

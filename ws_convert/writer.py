@@ -266,6 +266,19 @@ def copied_names(out: Path) -> set[str]:
     return set(rec) if isinstance(rec, dict) else set()
 
 
+def hash_file(fd: int, each: Callable[[bytes, int], None] | None = None) -> tuple[int, str]:
+    """Size and xxh3_128 of the file open at `fd`, read from its start in
+    blocks; `each(block, offset)` sees every block (a copy writes it). The
+    one definition of a copied file's record, which verify recomputes."""
+    h, size = xxhash.xxh3_128(), 0
+    while block := os.pread(fd, COPY_BLOCK, size):
+        if each is not None:
+            each(block, size)
+        h.update(block)
+        size += len(block)
+    return size, h.hexdigest()
+
+
 class CheckpointWriter:
     """Writes one checkpoint directory. Use as a context manager:
 
@@ -546,20 +559,16 @@ class CheckpointWriter:
         self._check_side_name(name)
         if name in self.files:
             raise OutputError(f"{name} cannot be copied: the checkpoint writer writes it itself")
-        h, size = xxhash.xxh3_128(), 0
         try:
             fd = os.open(self.tmp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             try:
-                while block := os.pread(src_fd, COPY_BLOCK, size):
-                    _pwrite_all(fd, memoryview(block), size)
-                    h.update(block)
-                    size += len(block)
+                size, digest = hash_file(src_fd, lambda block, at: _pwrite_all(fd, memoryview(block), at))
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise self._as_output_error(exc) from None
-        return size, h.hexdigest()
+        return size, digest
 
     def _check_side_name(self, name: str) -> None:
         if name in (s.file for s in self.shards) or name == INDEX_NAME:
