@@ -25,7 +25,7 @@ import xxhash
 from ._version import __version__
 from .errors import CheckpointError
 from .plan import GrowthOptions
-from .reader import PICKLE_SUFFIXES, Checkpoint, header_sha256, open_regular, parse_json, read_file
+from .reader import PICKLE_SUFFIXES, Checkpoint, header_sha256, open_regular, parse_json, pread_full, read_file
 
 TOOL = "ws-convert"
 HASHES = "source_hashes"  # the key of ws_convert.json the shards' copy lacks
@@ -143,12 +143,15 @@ class SourceHasher:
                 # One buffer for all files: fresh pages cost a fault each.
                 block = memoryview(bytearray(min(HASH_BLOCK, sum(i.nbytes for i in self.ckpt.tensors.values()))))
                 for file, infos in by_file.items():
-                    with os.fdopen(open_regular(file), "rb", buffering=0) as f:
-                        self._hash_file(f, sorted(infos, key=lambda i: i.start), block)
+                    fd = open_regular(file)
+                    try:
+                        self._hash_file(fd, sorted(infos, key=lambda i: i.start), block)
+                    finally:
+                        os.close(fd)
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc
 
-    def _hash_file(self, f: typing.BinaryIO, infos: list, block: memoryview) -> None:
+    def _hash_file(self, fd: int, infos: list, block: memoryview) -> None:
         """Hash the tensors of one file, in file order. A tensor larger than
         `block` is read through it in pieces; the others are sliced from one
         read of `block` that starts at the first of them not yet read."""
@@ -157,11 +160,11 @@ class SourceHasher:
             if self._stop.is_set():
                 return
             if info.nbytes > len(block):
-                self._hash(info, self._pieces(f, info, block))
+                self._hash(info, self._pieces(fd, info, block))
                 begin = end = 0
                 continue
             if not begin <= info.start <= info.start + info.nbytes <= end:
-                begin, end = info.start, info.start + self._fill(f, info, block)
+                begin, end = info.start, info.start + pread_full(fd, info, info.start, block, info.nbytes)
             self._hash(info, [block[info.start - begin:info.start - begin + info.nbytes]])
 
     def _hash(self, info, blocks: typing.Iterable) -> None:
@@ -171,30 +174,12 @@ class SourceHasher:
         if not self._stop.is_set():
             self._hashes[info.name] = h.hexdigest()
 
-    @staticmethod
-    def _fill(f: typing.BinaryIO, info, block: memoryview) -> int:
-        """Read `block` full from the start of `info` (less at the end of the
-        file); the bytes read, at least all of `info`'s."""
-        f.seek(info.start)
-        done = 0
-        while done < len(block):
-            n = f.readinto(block[done:])
-            if not n:
-                break
-            done += n
-        if done < info.nbytes:
-            raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
-        return done
-
-    def _pieces(self, f: typing.BinaryIO, info, block: memoryview) -> typing.Iterator[memoryview]:
-        f.seek(info.start)
-        left = info.nbytes
-        while left and not self._stop.is_set():
-            n = f.readinto(block[:min(left, len(block))])
-            if not n:
-                raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
-            left -= n
-            yield block[:n]
+    def _pieces(self, fd: int, info, block: memoryview) -> typing.Iterator[memoryview]:
+        pos, end = info.start, info.start + info.nbytes
+        while pos < end and not self._stop.is_set():
+            piece = block[:min(end - pos, len(block))]
+            pos += pread_full(fd, info, pos, piece, piece.nbytes)
+            yield piece
 
 
 # -- reading a record back -------------------------------------------------------

@@ -248,6 +248,25 @@ def _forget(_: object) -> None:
     (it closes, with its descriptor, when the last one goes)."""
 
 
+def pread_full(fd: int, info: TensorInfo, pos: int, into: memoryview, need: int) -> int:
+    """Read `info`'s file (open at `fd`) from `pos` into `into` until full or
+    the end of the file: at least `need` bytes, else the file was cut short
+    meanwhile, an error naming the file and tensor (where a memory map would
+    have died by SIGBUS)."""
+    done = 0
+    while done < into.nbytes:
+        try:
+            n = os.preadv(fd, [into[done:]], pos + done)
+        except OSError as exc:
+            raise CheckpointError(info.file, f"cannot read: {exc.strerror or exc}", info.name) from None
+        if n == 0:
+            break
+        done += n
+    if done < need:
+        raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
+    return done
+
+
 class Checkpoint:
     """A checkpoint opened for lazy reading: names, dtypes, shapes, metadata
     and config up front; data on demand, copied into the caller's buffer or
@@ -330,20 +349,7 @@ class Checkpoint:
         return target
 
     def _pread(self, info: TensorInfo, pos: int, into: memoryview, need: int) -> int:
-        """Read from `pos` into `into` until full or the end of the file: at
-        least `need` bytes, else the file was cut short meanwhile."""
-        fd, done = self._fd(info.file), 0
-        while done < into.nbytes:
-            try:
-                n = os.preadv(fd, [into[done:]], pos + done)
-            except OSError as exc:
-                raise CheckpointError(info.file, f"cannot read: {exc.strerror or exc}", info.name) from None
-            if n == 0:
-                break
-            done += n
-        if done < need:
-            raise CheckpointError(info.file, "the file was truncated while it was read", info.name)
-        return done
+        return pread_full(self._fd(info.file), info, pos, into, need)
 
     def buffer(self, name: str, start: int, stop: int) -> memoryview:
         """The bytes of rows [start, stop) along axis 0, as a zero-copy view."""
