@@ -37,7 +37,7 @@ from . import data as data_mod
 from .errors import CheckpointError, OutputError, WsConvertError
 from .model import GPT, GPTConfig, build, config_json, load, save_weights
 from .reader import open_checkpoint, read_header
-from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir
+from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _check_out(out: Path, c: TrainConfig) -> Path | None:
         with open_checkpoint(c.init_from) as ckpt:
             sources = [Path(c.init_from).resolve(), *(f.resolve() for f in ckpt.files)]
         target = out.resolve()
-        if any(target == p or p in target.parents or target in p.parents for p in sources):
+        if overlap(target, sources) is not None:
             raise OutputError(f"refusing to train into {out}: it would overwrite or sit inside the source "
                               f"{c.init_from}")
     if not out.exists():

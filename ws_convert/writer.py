@@ -225,6 +225,12 @@ def _resolved(path: Path) -> Path:
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
 
 
+def overlap(target: Path, protected: Iterable[Path]) -> Path | None:
+    """The first of the resolved `protected` paths that the resolved `target`
+    is, contains or sits inside: writing there would overwrite a source."""
+    return next((p for p in protected if target == p or p in target.parents or target in p.parents), None)
+
+
 def output_dir(out: str | os.PathLike[str]) -> Path:
     """`out` as a path. An empty or blank name (an unset shell variable)
     would mean the current directory, so it is refused, and so is a path
@@ -346,9 +352,9 @@ class CheckpointWriter:
     def _check_target(self) -> None:
         out = self.out_dir
         target = _resolved(out)
-        for p in self.protect:
-            if target == p or p in target.parents or target in p.parents:
-                raise OutputError(f"refusing to write {out}: it would overwrite or sit inside the source {p}")
+        p = overlap(target, self.protect)
+        if p is not None:
+            raise OutputError(f"refusing to write {out}: it would overwrite or sit inside the source {p}")
         try:
             os.lstat(out)
         except FileNotFoundError:
