@@ -164,3 +164,13 @@ def test_a_log_that_is_not_a_runs_is_never_emptied(tmp_path, text):
     with pytest.raises(WsConvertError, match="log.jsonl"):
         train(TrainConfig(**TINY, steps=2, data=text, out=str(out)))
     assert (out / "log.jsonl").read_text() == '{"theirs": 1}\n'
+
+
+def test_a_run_of_the_earlier_layout_is_named_and_kept(tmp_path, text):
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "config.json"):
+        (out / name).write_bytes(b"trained")
+    with pytest.raises(WsConvertError, match="before 0.2.0.*--init-from"):
+        train(TrainConfig(**TINY, steps=2, data=text, out=str(out)))
+    assert all((out / n).read_bytes() == b"trained" for n in ("model.safetensors", "optimizer.pt", "config.json"))

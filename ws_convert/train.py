@@ -118,6 +118,10 @@ def _check_out(out: Path, c: TrainConfig) -> Path | None:
     if found:
         return max(found)[1]
     theirs = sorted(p.name for p in out.iterdir() if MODEL_FILE.fullmatch(p.name))
+    if {MODEL_NAME, OPTIMIZER_NAME} <= set(theirs) and not c.overwrite:
+        raise OutputError(f"{out}: holds a run in the layout of ws-convert before 0.2.0 ({MODEL_NAME} beside "
+                          f"{OPTIMIZER_NAME}), which cannot be resumed; keep its weights with "
+                          f"--init-from {out} --out NEW, or pass --overwrite to replace them")
     if theirs and not c.overwrite:
         raise OutputError(f"{out}: holds {', '.join(theirs)} but no training checkpoint of this trainer "
                           "(checkpoint-N/); pass --overwrite to replace them, or choose another --out")
