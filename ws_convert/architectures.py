@@ -1,24 +1,43 @@
-"""Architectures as data: the tensors a model family has, the kind of every
-axis in storage order, fused segments, μP roles, tied names, and which
-config keys hold which sizes. Planning (plan.py) reads these; nothing here
-computes anything.
+"""The schema of a model family, which planning (plan.py) reads: the tensors a
+family has, the kind of every axis in storage order, fused and per-head
+interleaved layouts, μP roles, tied names, which config keys hold which
+sizes, how norm gains are stored, and what growth cannot keep. The families
+themselves are data, one file each, in ws_convert/families/.
+
+A family file writes its tensors as a table, one tensor a line:
+
+    self_attn.q_proj.weight            Q W           hidden@1
+    attention.query_key_value.weight   Q:Q+KV+KV W   hidden@1   optional
+
+name, then one token per axis, then the μP role (`@k`: axis k is fan-in),
+then `optional` where the tensor may be absent. An axis token is a kind
+(W width, F ffn, Q heads x head_dim, KV kv-heads x head_dim, HD head_dim,
+NH and NKV the head and kv-head counts, V vocab, C context, E the embedding projection, X fixed),
+kinds side by side (`Q+KV+KV`: [q | k | v]), or blocks repeated per head or
+per kv head (`Q:Q+KV+KV`: for each head its q, k and v; `KV:Q+KV+KV`: for
+each kv head its group of q heads, then k and v).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 
 class Kind(str, Enum):
-    """What an axis measures. WIDTH, FFN, Q, KV grow with width (μP-infinite);
-    HEAD (head_dim alone) grows only under the head-dim policy."""
+    """What an axis measures. WIDTH, FFN, Q, KV and EMBED grow with width
+    (μP-infinite); HEAD (head_dim alone) grows only under the head-dim
+    policy, HEADS (the head count) only under the heads policy."""
 
     WIDTH = "width"
     FFN = "ffn"
     Q = "q"  # heads x head_dim
     KV = "kv"  # kv-heads x head_dim
     HEAD = "head"  # head_dim
+    HEADS = "heads"  # the head count
+    KV_HEADS = "kv_heads"  # the kv-head count
+    EMBED = "embed"  # a token embedding narrower than the width, projected in and out (OPT)
     VOCAB = "vocab"
     CTX = "ctx"
     FIXED = "fixed"
@@ -36,11 +55,21 @@ class Role(str, Enum):
     BUFFER = "buffer"  # not a parameter (a causal mask): copied as is
 
 
-# An axis is one kind, or a fused axis: several kinds side by side (GPT-2's c_attn is [q | k | v]).
-Axis = Kind | tuple[Kind, ...]
+@dataclass(frozen=True)
+class Interleaved:
+    """An axis of blocks repeated per unit: for each head (unit Q) or each kv
+    head (unit KV), its share of every part side by side. GPT-NeoX's
+    query_key_value is Interleaved(Q, (Q, KV, KV)): per head, its q, k and v."""
 
-W, F, Q, KV, HD, V, C, X = (Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV, Kind.HEAD, Kind.VOCAB, Kind.CTX,
-                            Kind.FIXED)
+    unit: Kind  # Kind.Q: one unit per head; Kind.KV: one per kv head
+    parts: tuple[Kind, ...]
+
+
+# An axis is one kind, several kinds side by side (GPT-2's c_attn is [q | k | v]), or interleaved per unit.
+Axis = Kind | tuple[Kind, ...] | Interleaved
+
+KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "Q": Kind.Q, "KV": Kind.KV, "HD": Kind.HEAD, "NH": Kind.HEADS,
+               "NKV": Kind.KV_HEADS, "E": Kind.EMBED, "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
 
 
 @dataclass(frozen=True)
@@ -56,147 +85,84 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Caveat:
+    """What growth cannot keep of the function, said in `plan`: when the
+    width or the head count changes, and (if `config` is given) the config
+    holds those values."""
+
+    on: str  # "width" or "heads"
+    text: str
+    config: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Architecture:
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values
     # size -> config keys that hold it: the first present one is read (transformers lets an alias
     # override the family's own name), the last is the family's own name, written when none is present
-    keys: dict[str, tuple[str, ...]]
+    keys: Mapping[str, tuple[str, ...]]
     prefixes: tuple[str, ...]  # model prefixes seen in checkpoints ('{p}')
     layer: str  # layer name prefix, '{p}' and '{i}' filled in
     globals: tuple[Param, ...]
     blocks: tuple[Param, ...]  # per layer, names relative to `layer`
-    rotary: bool
+    rotary: str | None = None  # "half" (pairs j, j + r/2), "interleaved" (pairs 2j, 2j + 1) or None
+    rotary_dim_key: str | None = None  # a config key giving the rotary dims per head (None there: all of them)
     tied: tuple[str, str] | None = None  # (readout, embedding) sharing weights when tied
     tie_key: str | None = "tie_word_embeddings"
     tie_default: bool = False
     ffn_default: int | None = None  # ffn = this x width when the config leaves it empty
-    aliases: tuple[str, ...] = field(default_factory=tuple)
+    aliases: tuple[str, ...] = ()
     per_layer: tuple[str, ...] = ()  # config keys holding a list with one entry per layer
+    per_layer_runs: tuple[str, ...] = ()  # config keys holding the same as [[entries, repeat], ...] runs
+    norm_offset: float = 0.0  # norm gains are stored as gain - norm_offset (Gemma: 1 + w)
+    fixed: Mapping[str, int] = field(default_factory=dict)  # sizes this layout fixes (multi-query: kv_heads 1)
+    when: Mapping[str, object] = field(default_factory=dict)  # config values selecting this layout
+    defaults: Mapping[str, object] = field(default_factory=dict)  # the family's values of keys a config omits
+    layout: str = ""  # which of the family's layouts, for messages
+    caveats: tuple[Caveat, ...] = ()
 
     @property
     def nullable(self) -> tuple[str, ...]:
         """Sizes a source config may set to null, read as derived from the
-        others: head_dim = width / heads, kv-heads = heads, and ffn =
-        ffn_default x width where the family has one."""
-        return ("head_dim", "kv_heads", *(("ffn",) if self.ffn_default else ()))
+        others: head_dim = width / heads, kv-heads = heads, the embedding
+        projection = width, and ffn = ffn_default x width where the family
+        has one."""
+        return ("head_dim", "kv_heads", "embed", *(("ffn",) if self.ffn_default else ()))
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.layout})" if self.layout else self.name
+
+    def selects(self, config: Mapping[str, object]) -> bool:
+        """Whether `config` is of this layout (the family's defaults filling omitted keys)."""
+        return all(config.get(k, self.defaults.get(k)) == v for k, v in self.when.items())
+
+    def variant(self, **changes) -> Architecture:
+        """This layout with some fields changed: a family that differs from another in a few."""
+        return replace(self, **changes)
 
 
-_LLAMA_KEYS = {
-    "width": ("hidden_size",), "ffn": ("intermediate_size",), "heads": ("num_attention_heads",),
-    "kv_heads": ("num_key_value_heads",), "head_dim": ("head_dim",), "layers": ("num_hidden_layers",),
-    "vocab": ("vocab_size",), "ctx": ("max_position_embeddings",),
-}
-
-LLAMA = Architecture(
-    name="llama",
-    model_types=("llama", "mistral", "qwen2", "qwen3"),
-    keys=_LLAMA_KEYS,
-    prefixes=("model.",),
-    layer="{p}layers.{i}.",
-    globals=(
-        Param("{p}embed_tokens.weight", (V, W), Role.INPUT),
-        Param("{p}norm.weight", (W,), Role.NORM_GAIN),
-        Param("lm_head.weight", (V, W), Role.OUTPUT, fan_in=1, optional=True),
-    ),
-    blocks=(
-        Param("input_layernorm.weight", (W,), Role.NORM_GAIN),
-        Param("self_attn.q_proj.weight", (Q, W), Role.HIDDEN, fan_in=1),
-        Param("self_attn.k_proj.weight", (KV, W), Role.HIDDEN, fan_in=1),
-        Param("self_attn.v_proj.weight", (KV, W), Role.HIDDEN, fan_in=1),
-        Param("self_attn.q_proj.bias", (Q,), Role.VECTOR, optional=True),  # Qwen2
-        Param("self_attn.k_proj.bias", (KV,), Role.VECTOR, optional=True),
-        Param("self_attn.v_proj.bias", (KV,), Role.VECTOR, optional=True),
-        Param("self_attn.q_norm.weight", (HD,), Role.NORM_GAIN, optional=True),  # Qwen3
-        Param("self_attn.k_norm.weight", (HD,), Role.NORM_GAIN, optional=True),
-        Param("self_attn.o_proj.weight", (W, Q), Role.HIDDEN, fan_in=1),
-        Param("self_attn.o_proj.bias", (W,), Role.VECTOR, optional=True),
-        Param("post_attention_layernorm.weight", (W,), Role.NORM_GAIN),
-        Param("mlp.gate_proj.weight", (F, W), Role.HIDDEN, fan_in=1),
-        Param("mlp.up_proj.weight", (F, W), Role.HIDDEN, fan_in=1),
-        Param("mlp.down_proj.weight", (W, F), Role.HIDDEN, fan_in=1),
-    ),
-    rotary=True,
-    tied=("lm_head.weight", "{p}embed_tokens.weight"),
-    aliases=("mistral", "qwen2", "qwen3"),
-    per_layer=("layer_types",),
-)
-
-# Hugging Face GPT-2 stores Conv1D weights as [in, out].
-GPT2 = Architecture(
-    name="gpt2",
-    model_types=("gpt2",),
-    keys={"width": ("hidden_size", "n_embd"), "ffn": ("n_inner",), "heads": ("num_attention_heads", "n_head"),
-          "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
-          "ctx": ("max_position_embeddings", "n_positions")},
-    prefixes=("transformer.", ""),
-    layer="{p}h.{i}.",
-    globals=(
-        Param("{p}wte.weight", (V, W), Role.INPUT),
-        Param("{p}wpe.weight", (C, W), Role.INPUT),
-        Param("{p}ln_f.weight", (W,), Role.NORM_GAIN),
-        Param("{p}ln_f.bias", (W,), Role.NORM_BIAS),
-        Param("lm_head.weight", (V, W), Role.OUTPUT, fan_in=1, optional=True),
-    ),
-    blocks=(
-        Param("ln_1.weight", (W,), Role.NORM_GAIN),
-        Param("ln_1.bias", (W,), Role.NORM_BIAS),
-        Param("attn.c_attn.weight", (W, (Q, KV, KV)), Role.HIDDEN, fan_in=0),
-        Param("attn.c_attn.bias", ((Q, KV, KV),), Role.VECTOR),
-        Param("attn.c_proj.weight", (Q, W), Role.HIDDEN, fan_in=0),
-        Param("attn.c_proj.bias", (W,), Role.VECTOR),
-        Param("attn.bias", (X, X, C, C), Role.BUFFER, optional=True),  # old checkpoints' causal mask
-        Param("attn.masked_bias", (), Role.BUFFER, optional=True),
-        Param("ln_2.weight", (W,), Role.NORM_GAIN),
-        Param("ln_2.bias", (W,), Role.NORM_BIAS),
-        Param("mlp.c_fc.weight", (W, F), Role.HIDDEN, fan_in=0),
-        Param("mlp.c_fc.bias", (F,), Role.VECTOR),
-        Param("mlp.c_proj.weight", (F, W), Role.HIDDEN, fan_in=0),
-        Param("mlp.c_proj.bias", (W,), Role.VECTOR),
-    ),
-    rotary=False,
-    tied=("lm_head.weight", "{p}wte.weight"),
-    tie_default=True,
-    ffn_default=4,
-)
-
-# The bundled μP GPT (ws_convert/model.py): [out, in] Linear weights, rotary, untied readout.
-MUP_GPT = Architecture(
-    name="mup-gpt",
-    model_types=("ws_convert_gpt",),
-    keys={"width": ("width",), "ffn": ("ffn",), "heads": ("heads",), "layers": ("depth",),
-          "vocab": ("vocab_size",), "ctx": ("context",), "base_width": ("base_width",)},
-    prefixes=("",),
-    layer="{p}blocks.{i}.",
-    globals=(
-        Param("{p}wte.weight", (V, W), Role.INPUT),
-        Param("{p}ln_f.weight", (W,), Role.NORM_GAIN),
-        Param("{p}lm_head.weight", (V, W), Role.OUTPUT, fan_in=1),
-    ),
-    blocks=(
-        Param("ln1.weight", (W,), Role.NORM_GAIN),
-        Param("attn.q.weight", (Q, W), Role.HIDDEN, fan_in=1),
-        Param("attn.k.weight", (KV, W), Role.HIDDEN, fan_in=1),
-        Param("attn.v.weight", (KV, W), Role.HIDDEN, fan_in=1),
-        Param("attn.o.weight", (W, Q), Role.HIDDEN, fan_in=1),
-        Param("ln2.weight", (W,), Role.NORM_GAIN),
-        Param("fc.weight", (F, W), Role.HIDDEN, fan_in=1),
-        Param("proj.weight", (W, F), Role.HIDDEN, fan_in=1),
-    ),
-    rotary=True,
-    tie_key=None,
-    ffn_default=4,  # GPTConfig: a missing or null ffn is 4 x width
-)
-
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, LLAMA, MUP_GPT)}
-NAMES = sorted([*ARCHITECTURES, *LLAMA.aliases, "generic"])
+def _axis(token: str, where: str) -> Axis:
+    def kind(t: str) -> Kind:
+        if t not in KIND_TOKENS:
+            raise ValueError(f"{where}: unknown axis kind {t!r}; known: {', '.join(KIND_TOKENS)}")
+        return KIND_TOKENS[t]
+    unit, _, parts = token.rpartition(":")
+    kinds = tuple(kind(t) for t in parts.split("+"))
+    if unit:
+        return Interleaved(kind(unit), kinds)
+    return kinds[0] if len(kinds) == 1 else kinds
 
 
-def by_name(name: str) -> Architecture | None:
-    """The architecture called `name` (an alias counts); None for 'generic'."""
-    for arch in ARCHITECTURES.values():
-        if name == arch.name or name in arch.aliases:
-            return arch
-    if name == "generic":
-        return None
-    raise KeyError(name)
+def tensors(table: str) -> tuple[Param, ...]:
+    """Parse a family's tensor table (see the module docstring)."""
+    params = []
+    for line in table.strip().splitlines():
+        name, *tokens = line.split()
+        optional = tokens[-1:] == ["optional"]
+        *axes, role = tokens[:-1] if optional else tokens
+        role, _, fan_in = role.partition("@")
+        params.append(Param(name, tuple(_axis(a, name) for a in axes), Role(role),
+                            int(fan_in) if fan_in else None, optional))
+    return tuple(params)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import click
 
 from ._version import __version__
-from .architectures import NAMES as ARCH_NAMES
+from .families import NAMES as ARCH_NAMES
 from .errors import WsConvertError, printable
 from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, Plan, TensorPlan
 from .szp_spec import Normal

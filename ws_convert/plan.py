@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 
-from .architectures import ARCHITECTURES, Architecture, Axis, Kind, Param, Role, by_name
+from .architectures import Architecture, Axis, Interleaved, Kind, Param, Role
+from .families import ALL, BY_NAMES, NAMES, by_name, of_model_type
 from .errors import PlanError
 from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 
-INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV}
+INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV, Kind.EMBED}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
 HEAD_POLICIES = ("heads", "head-dim")
 DEPTH_POLICIES = ("stack", "interleave", "init")
@@ -67,11 +68,18 @@ class Sizes:
     layers: int
     vocab: int | None = None
     ctx: int | None = None
+    embed: int | None = None  # a token embedding narrower than the width (OPT's word_embed_proj_dim)
+    rotary_dim: int = 0  # dims of each head that rotary positions turn (0: none)
 
     def of(self, kind: Kind) -> int | None:
         return {Kind.WIDTH: self.width, Kind.FFN: self.ffn, Kind.Q: self.heads * self.head_dim,
-                Kind.KV: self.kv_heads * self.head_dim, Kind.HEAD: self.head_dim,
-                Kind.VOCAB: self.vocab, Kind.CTX: self.ctx}.get(kind)
+                Kind.KV: self.kv_heads * self.head_dim, Kind.HEAD: self.head_dim, Kind.HEADS: self.heads,
+                Kind.KV_HEADS: self.kv_heads, Kind.EMBED: self.embed, Kind.VOCAB: self.vocab,
+                Kind.CTX: self.ctx}.get(kind)
+
+    def units(self, kind: Kind) -> int:
+        """How many units an Interleaved axis of this unit kind repeats over."""
+        return self.heads if kind == Kind.Q else self.kv_heads
 
 
 @dataclass(frozen=True)
@@ -207,33 +215,46 @@ def _find_prefix(arch: Architecture, names: set[str]) -> str | None:
 
 
 def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, str]:
-    """The architecture (None: generic) and the model prefix its names carry."""
-    names = set(source.tensors)
-    model_type = (source.config or {}).get("model_type") or source.metadata.get("model_type")
+    """The architecture (None: generic) and the model prefix its names carry:
+    the family --arch names or the config's model_type gives, in the layout
+    the config selects (Falcon has three)."""
+    config = source.config or {}
+    model_type = config.get("model_type") or source.metadata.get("model_type")
     if arch_name:
         try:
-            arch = by_name(arch_name)
+            layouts = by_name(arch_name)
         except KeyError:
-            raise PlanError(f"unknown --arch {arch_name!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
-                            "generic") from None
-        if arch is None:
+            raise PlanError(f"unknown --arch {arch_name!r}; known: {', '.join(NAMES)}") from None
+        if not layouts:
             return None, ""
-        if model_type is not None and model_type not in arch.model_types:
+        if model_type is not None and not any(model_type in a.model_types for a in layouts):
             # a family of the same tensor names may store them differently (Gemma's norm gain is 1 + w)
             raise PlanError(f"{source.config_name}: config says model_type {shown(model_type)}, which --arch "
-                            f"{arch_name} does not describe ({', '.join(arch.model_types)}); its layout or norms "
-                            "may differ, so it is not grown as one")
-        prefix = _find_prefix(arch, names)
-        if prefix is None:
-            raise PlanError(f"{source.path}: no '{arch.globals[0].name.format(p=arch.prefixes[0])}' "
-                            f"tensor, so this is not a {arch.name} checkpoint")
-        return arch, prefix
-    for arch in ARCHITECTURES.values():
-        prefix = _find_prefix(arch, names)
-        if prefix is not None and (model_type is None or model_type in arch.model_types):
-            return arch, prefix
-    raise PlanError(f"{source.path}: cannot tell the architecture (model_type {shown(model_type)}); "
-                    f"give --arch ({', '.join(sorted(ARCHITECTURES))} or generic)")
+                            f"{arch_name} does not describe ({', '.join(layouts[0].model_types)}); its layout or "
+                            "norms may differ, so it is not grown as one")
+    elif model_type is not None:
+        layouts = of_model_type(model_type)
+        if not layouts:
+            raise PlanError(f"{source.config_name}: model_type {shown(model_type)} is not a family ws-convert grows "
+                            "natively; give --arch generic to grow it by its config where its heads are provable")
+    else:
+        layouts = tuple(a for a in ALL if a.name in BY_NAMES and _find_prefix(a, set(source.tensors)) is not None)
+        if not layouts:
+            raise PlanError(f"{source.path}: cannot tell the architecture (no model_type); give --arch "
+                            f"({', '.join(NAMES)})")
+    arch = next((a for a in layouts if a.selects(config)), None)
+    if arch is None:
+        def setting(a: Architecture) -> str:
+            return ", ".join(f"{k} {shown(v)}" for k, v in a.when.items())
+        held = ", ".join(dict.fromkeys(f"{k} {shown(config.get(k, layouts[0].defaults.get(k)))}"
+                                       for a in layouts for k in a.when))
+        raise PlanError(f"{source.config_name}: this {layouts[0].name} config has {held}; ws-convert grows "
+                        f"{layouts[0].name} only with {' or '.join(setting(a) for a in layouts)}")
+    prefix = _find_prefix(arch, set(source.tensors))
+    if prefix is None:
+        raise PlanError(f"{source.path}: no '{arch.globals[0].name.format(p=arch.prefixes[0])}' "
+                        f"tensor, so this is not a {arch.title} checkpoint")
+    return arch, prefix
 
 
 def shown(value: object) -> str:
@@ -282,6 +303,8 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
                                                                         options.num_kv_heads)):
         if v:
             value[size], origin[size] = v, flag
+    for size, v in arch.fixed.items():
+        value[size], origin[size] = v, f"the {arch.title} layout"
 
     def derive(size: str, v: int, where: str) -> None:
         if size not in value:
@@ -318,10 +341,12 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
         missing = next(i for i in range(layers) if i not in found)
         raise PlanError(f"{source.path}: layer {missing} has no tensors (layer {layers - 1} has)")
     config = source.config or {}
-    for key in arch.per_layer:
+    for key in (*arch.per_layer, *arch.per_layer_runs):
         entries = config.get(key)
+        if key in arch.per_layer_runs and entries is not None:
+            entries = expand_runs(entries) if isinstance(entries, list) else entries
         if entries is not None and (not isinstance(entries, list) or len(entries) != layers):
-            count = f"{len(entries)} entries" if isinstance(entries, list) else shown(entries)
+            count = f"{len(entries)} entries" if isinstance(entries, list) else shown(config.get(key))
             raise PlanError(f"{source.config_name}: '{key}' is {count}, not one entry for each of {layers} layers")
     if arch.tie_key in config and type(config[arch.tie_key]) is not bool:
         raise PlanError(f"{source.config_name}: '{arch.tie_key}' is {shown(config[arch.tie_key])}, not true or false")
@@ -335,9 +360,10 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
     if value["head_dim"] == 0:
         raise PlanError(f"{source.path}: {origin['heads']} gives {heads} heads, more than the width {width} "
                         "holds (and no head_dim is given)")
-    if arch.rotary and value["head_dim"] % 2:
-        raise PlanError(f"{source.path}: {origin['head_dim']} gives head_dim {value['head_dim']}, but rotary "
-                        "positions need an even one")
+    if "head_dim" not in arch.keys and heads * value["head_dim"] != width:
+        raise PlanError(f"{source.path}: {origin['heads']} gives {heads} heads, which do not divide the width "
+                        f"{width} ({arch.name} heads are width / heads wide)")
+    rotary_dim = _rotary_dim(arch, source, value["head_dim"], origin["head_dim"])
     if heads % value["kv_heads"]:
         raise PlanError(f"{source.path}: {origin['kv_heads']} gives {value['kv_heads']} kv-heads, which do not "
                         f"divide the {heads} heads")
@@ -350,9 +376,41 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
             raise PlanError(f"{source.path}: missing tensor '{name}'")
         derive("ffn", (source.tensors[name][1] or (0,))[0], f"the shape of '{name}'")
     positive("ffn")
+    if "embed" in arch.keys:
+        derive("embed", width, origin["width"])
     sizes = Sizes(width, value["ffn"], heads, value["kv_heads"], value["head_dim"], layers, value["vocab"],
-                  value.get("ctx"))
+                  value.get("ctx"), value.get("embed"), rotary_dim)
     return sizes, origin
+
+
+def _rotary_dim(arch: Architecture, source: Source, head_dim: int, origin: str) -> int:
+    """How many dims of each head rotary positions turn: all (0 without
+    rotary), a count the config gives, or head_dim times a fraction."""
+    if not arch.rotary:
+        return 0
+    config = source.config or {}
+    if arch.rotary_dim_key:
+        key, dims = arch.rotary_dim_key, config.get(arch.rotary_dim_key)
+        if dims is None:
+            dims = head_dim
+        elif type(dims) is not int or not 0 < dims <= head_dim:
+            raise PlanError(f"{source.config_name}: '{key}' is {shown(dims)}, not a whole number from 1 to the "
+                            f"head_dim {head_dim}")
+    else:
+        rope = config.get("rope_parameters")
+        held = [(f"'{k}' in 'rope_parameters'" if h is rope else f"'{k}'", h[k])
+                for h, k in ((rope, "partial_rotary_factor"), (config, "partial_rotary_factor"), (config, "rotary_pct"))
+                if isinstance(h, dict) and h.get(k) is not None]
+        key, factor = held[0] if held else ("the default rotary fraction", arch.defaults.get("partial_rotary_factor", 1.0))
+        if type(factor) not in (int, float) or not 0 < factor <= 1:
+            raise PlanError(f"{source.config_name}: {key} is {shown(factor)}, not a fraction from 0 to 1")
+        dims = int(head_dim * factor)
+    if dims % 2:
+        if dims == head_dim:
+            raise PlanError(f"{source.path}: {origin} gives head_dim {head_dim}, but rotary positions need an even one")
+        raise PlanError(f"{source.config_name}: {key} turns {dims} dims of each head, but rotary positions need an "
+                        "even number")
+    return dims
 
 
 def _arch_params(arch: Architecture, prefix: str, layers: int) -> list[tuple[Param, str]]:
@@ -391,7 +449,12 @@ def _whole(x: Fraction) -> bool:
     return x.denominator == 1
 
 
-def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
+def multi_query(arch: Architecture, src: Sizes) -> bool:
+    """Whether one kv head serves every head, and stays one as heads are added."""
+    return arch.fixed.get("kv_heads") == 1 or ("kv_heads" in arch.keys and src.kv_heads == 1 < src.heads)
+
+
+def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     """Target sizes, refusing anything that cannot keep the structure."""
     w, w2 = src.width, o.to_width or src.width
     layers = o.to_depth or src.layers
@@ -404,6 +467,8 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
         raise PlanError(f"--head-policy must be one of {', '.join(HEAD_POLICIES)}")
     if o.head_policy == "heads":
         heads, kv, hd = Fraction(src.heads * w2, w), Fraction(src.kv_heads * w2, w), Fraction(src.head_dim)
+        if multi_query(arch, src):
+            kv = Fraction(1)
         if not _whole(heads):
             raise PlanError(f"--to-width {w2} would give {src.heads} x {w2}/{w} = {float(heads):g} heads, not a "
                             f"whole number; pick a width that is a multiple of {w // math.gcd(w, src.heads)}")
@@ -412,13 +477,20 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
                             f"{src.heads // src.kv_heads}")
     else:
         heads, kv, hd = Fraction(src.heads), Fraction(src.kv_heads), Fraction(src.head_dim * w2, w)
-        if not _whole(hd) or (rotary and hd % 2):
+        rotary = Fraction(src.rotary_dim * w2, w)
+        if not _whole(hd) or (arch.rotary and hd % 2):
             raise PlanError(f"--to-width {w2} would give head_dim {float(hd):g}, which is not a whole"
-                            f"{' even' if rotary else ''} number")
+                            f"{' even' if arch.rotary else ''} number")
+        if not _whole(rotary) or rotary % 2:
+            raise PlanError(f"--to-width {w2} would turn {float(rotary):g} rotary dims of each head ({src.rotary_dim} "
+                            f"of {src.head_dim} now), not a whole even number; pick another --to-width")
     if o.to_ffn is not None:
         ffn = Fraction(o.to_ffn)
         if ffn < src.ffn:
             raise PlanError(f"--to-ffn {o.to_ffn} is smaller than the source ffn {src.ffn}")
+        if "ffn" not in arch.keys and ffn != arch.ffn_default * w2:
+            raise PlanError(f"--to-ffn {o.to_ffn}: a {arch.name} model's ffn is always {arch.ffn_default} x width "
+                            f"({arch.ffn_default * w2} at width {w2}); its config has no size for it")
     else:
         ffn = Fraction(src.ffn * w2, w)
         if not _whole(ffn):
@@ -432,7 +504,13 @@ def target_sizes(src: Sizes, o: GrowthOptions, rotary: bool) -> Sizes:
     if o.depth_policy in ("stack", "interleave") and layers % src.layers:
         raise PlanError(f"--depth-policy {o.depth_policy} repeats the {src.layers} source layers, so "
                         f"--to-depth must be a multiple of {src.layers} (got {layers}); or use init")
-    return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx)
+    embed = src.embed and Fraction(src.embed * w2, w)
+    if embed is not None and not _whole(embed):
+        raise PlanError(f"--to-width {w2} would give the embedding projection {float(embed):g} dims "
+                        f"({src.embed} at width {w}), not a whole number")
+    rotary = src.rotary_dim if o.head_policy == "heads" else src.rotary_dim * w2 // w
+    return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx,
+                 None if embed is None else int(embed), rotary)
 
 
 def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]:
@@ -446,37 +524,70 @@ def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]
 
 # -- layouts ---------------------------------------------------------------
 
-def _axis_segments(kind: Kind, src: Sizes, dst: Sizes, policy: str, rotary: bool) -> tuple[Segment, ...]:
-    """Where source positions of one (unfused) axis land."""
-    n_src = src.of(kind)
+def head_segments(src: Sizes, dst: Sizes, rotary: str | None) -> tuple[Segment, ...]:
+    """Where one head's dims land when the head widens: rotary pairs stay
+    pairs (rotate-half pairs j with j + r/2, so each half of the rotary dims
+    moves on its own; interleaved pairs are adjacent), and the dims rotary
+    leaves alone follow the new rotary dims."""
+    hd, r, r2 = src.head_dim, src.rotary_dim, dst.rotary_dim
+    parts = ((0, 0, r // 2), (r2 // 2, r // 2, r // 2)) if rotary == "half" else ((0, 0, r),)
+    return tuple(Segment(*p) for p in (*parts, (r2, r, hd - r)) if p[2])
+
+
+def _part_segments(kind: Kind, per_src: int, per_dst: int, src: Sizes, dst: Sizes, policy: str,
+                   head: tuple[Segment, ...]) -> list[Segment]:
+    """Where one part of an axis lands (offsets within the part): whole, as
+    new heads or units come after the old ones; or head by head when each
+    head widens."""
     if kind not in (Kind.Q, Kind.KV, Kind.HEAD) or policy == "heads":
-        return (Segment(0, 0, n_src),)  # old head h stays head h; new heads come after
-    heads = 1 if kind == Kind.HEAD else (src.heads if kind == Kind.Q else src.kv_heads)
+        return [Segment(0, 0, per_src)]
     hd, hd2 = src.head_dim, dst.head_dim
-    parts = ((0, 0, hd // 2), (hd2 // 2, hd // 2, hd // 2)) if rotary else ((0, 0, hd),)
-    return tuple(Segment(h * hd2 + d, h * hd + s, n) for h in range(heads) for d, s, n in parts)
+    return [Segment(h * hd2 + d, h * hd + s, n) for h in range(per_src // hd) for d, s, n in head]
 
 
-def axis_map(axis: Axis, src: Sizes, dst: Sizes, policy: str, rotary: bool) -> tuple[Segment, ...]:
-    """Segments of a (possibly fused) axis: each fused part padded on its own."""
-    parts = axis if isinstance(axis, tuple) else (axis,)
-    segs, src_off, dst_off = [], 0, 0
-    for kind in parts:
-        segs += [Segment(d + dst_off, s + src_off, n)
-                 for d, s, n in _axis_segments(kind, src, dst, policy, rotary)]
-        src_off, dst_off = src_off + src.of(kind), dst_off + dst.of(kind)
-    return tuple(segs)
+def axis_map(axis: Axis, src: Sizes, dst: Sizes, policy: str, rotary: str | None) -> tuple[Segment, ...]:
+    """Segments of an axis: each unit (head or kv head, for an Interleaved
+    axis; else one) and each part within it padded on its own. Old unit u
+    stays unit u; within it, old head h of a part stays head h."""
+    unit, parts = (axis.unit, axis.parts) if isinstance(axis, Interleaved) else \
+        (None, axis if isinstance(axis, tuple) else (axis,))
+    units_src, units_dst = (src.units(unit), dst.units(unit)) if unit else (1, 1)
+    per_src = [src.of(k) // units_src for k in parts]  # each part's length within one unit
+    per_dst = [dst.of(k) // units_dst for k in parts]
+    head = head_segments(src, dst, rotary) if policy == "head-dim" else ()
+    segs: list[Segment] = []
+    for u in range(units_src):
+        s_off, d_off = u * sum(per_src), u * sum(per_dst)
+        for kind, n_src, n_dst in zip(parts, per_src, per_dst):
+            segs += [Segment(d + d_off, s + s_off, n)
+                     for d, s, n in _part_segments(kind, n_src, n_dst, src, dst, policy, head)]
+            s_off, d_off = s_off + n_src, d_off + n_dst
+    return _merged(segs)
+
+
+def _merged(segs: list[Segment]) -> tuple[Segment, ...]:
+    """Adjacent segments that continue each other as one: fewer, longer copies."""
+    out: list[Segment] = []
+    for seg in segs:
+        if out and out[-1].dst + out[-1].length == seg.dst and out[-1].src + out[-1].length == seg.src:
+            out[-1] = Segment(out[-1].dst, out[-1].src, out[-1].length + seg.length)
+        else:
+            out.append(seg)
+    return tuple(out)
+
+
+def _parts(axis: Axis) -> tuple[Kind, ...]:
+    return axis.parts if isinstance(axis, Interleaved) else axis if isinstance(axis, tuple) else (axis,)
 
 
 def axis_size(axis: Axis, sizes: Sizes) -> int | None:
-    parts = axis if isinstance(axis, tuple) else (axis,)
-    values = [sizes.of(k) for k in parts]
+    values = [sizes.of(k) for k in _parts(axis)]
     return None if None in values else sum(values)
 
 
 def is_infinite(axis: Axis, policy: str) -> bool:
-    parts = axis if isinstance(axis, tuple) else (axis,)
-    return any(k in INFINITE or (k == Kind.HEAD and policy == "head-dim") for k in parts)
+    return any(k in INFINITE or (k == Kind.HEAD and policy == "head-dim")
+               or (k in (Kind.HEADS, Kind.KV_HEADS) and policy == "heads") for k in _parts(axis))
 
 
 # -- base shapes and roles ------------------------------------------------------
@@ -637,7 +748,7 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
 def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthOptions,
                base_file: Mapping[str, object] | None, base_shapes_file: str | Path | None) -> Plan:
     src = source_sizes(arch, prefix, source, options)
-    dst = target_sizes(src, options, arch.rotary)
+    dst = target_sizes(src, options, arch)
     policy = options.head_policy
     config = source.config or {}
     tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
@@ -697,6 +808,11 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             shrink, perturb, note = 1.0, 0.0, "buffer, copied"
         elif p.role in NORM_ROLES and options.norms == "copy":
             shrink, init, note = 1.0, Constant(init.value, on_source=0.0), "copied, new units at init"
+        if p.role == Role.NORM_GAIN and arch.norm_offset:
+            # the operator acts on the gain; the file holds gain - offset
+            off = arch.norm_offset
+            init = Constant(perturb * init.value - off, on_source=perturb * init.source_value + (shrink - 1) * off)
+            perturb, note = 1.0, note or f"stored as gain - {off:g}"
         if src_name is None:
             note = "new layer, pure init"
         elif src_name != name:
@@ -705,7 +821,12 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                                   output_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
                                   noise_name, note))
 
-    warnings = []
+    warnings = [c.text for c in arch.caveats
+                if (dst.width != src.width if c.on == "width" else dst.heads != src.heads)
+                and all(config.get(k, arch.defaults.get(k)) == v for k, v in c.config.items())]
+    if multi_query(arch, src) and dst.heads != src.heads:
+        warnings.append(f"multi-query attention: the one kv head stays one and serves all {dst.heads} heads "
+                        f"(the group size grows {src.heads} -> {dst.heads})")
     plan = Plan(arch.name, src, dst, options, tensors, _grown_config(arch, source.config, src, dst, sources),
                 base_shapes, sources, warnings, sum(math.prod(s) for _, s in source.tensors.values()))
     if plan.growth > GROWTH_WARNING:
@@ -758,7 +879,7 @@ def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Size
         return None
     out = dict(config)
     values = {"width": dst.width, "ffn": dst.ffn, "heads": dst.heads, "kv_heads": dst.kv_heads,
-              "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx}
+              "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx, "embed": dst.embed}
     for size, keys in arch.keys.items():
         if values.get(size) is None:
             continue
@@ -767,7 +888,23 @@ def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Size
             out.update(dict.fromkeys(held, values[size]))
         elif not _left_to_default(arch, size, dst):
             out[next((k for k in keys if k in out), keys[-1])] = values[size]
+    def follow(entries: list) -> list:
+        return [entries[j % src.layers if s is None else s] for j, s in enumerate(sources)]
     for key in arch.per_layer:
         if isinstance(out.get(key), list):
-            out[key] = [out[key][j % src.layers if s is None else s] for j, s in enumerate(sources)]
+            out[key] = follow(out[key])
+    for key in arch.per_layer_runs:
+        if out.get(key) is not None:
+            out[key] = [[follow(expand_runs(out[key])), 1]]
+    if arch.rotary_dim_key and out.get(arch.rotary_dim_key) is not None:
+        out[arch.rotary_dim_key] = dst.rotary_dim
     return out
+
+
+def expand_runs(runs: object) -> list | None:
+    """[[entries, repeat], ...] as one entry per layer; None if not of that form."""
+    try:
+        out = [e for entries, repeat in runs for _ in range(repeat) for e in entries]
+    except (TypeError, ValueError):
+        return None
+    return out if all(type(r[1]) is int for r in runs) else None
