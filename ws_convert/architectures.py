@@ -99,6 +99,7 @@ class Caveat:
 class Architecture:
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values
+    classes: tuple[str, ...]  # the transformers classes of its causal LMs (config.json "architectures")
     # size -> config keys that hold it: the first present one is read (transformers lets an alias
     # override the family's own name), the last is the family's own name, written when none is present
     keys: Mapping[str, tuple[str, ...]]
@@ -158,7 +159,7 @@ def _axis(token: str, where: str) -> Axis:
 def tensors(table: str) -> tuple[Param, ...]:
     """Parse a family's tensor table (see the module docstring)."""
     params = []
-    for line in table.strip().splitlines():
+    for line in filter(str.strip, table.splitlines()):
         name, *tokens = line.split()
         optional = tokens[-1:] == ["optional"]
         *axes, role = tokens[:-1] if optional else tokens

@@ -6,6 +6,7 @@ from ..architectures import Architecture, tensors
 GPT2 = Architecture(
     name="gpt2",
     model_types=("gpt2",),
+    classes=("GPT2LMHeadModel",),
     keys={"width": ("hidden_size", "n_embd"), "ffn": ("n_inner",), "heads": ("num_attention_heads", "n_head"),
           "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
           "ctx": ("max_position_embeddings", "n_positions")},

@@ -10,6 +10,26 @@ LLAMA_KEYS = {
     "vocab": ("vocab_size",), "ctx": ("max_position_embeddings",),
 }
 
+# Llama's attention and MLP, which many families share under the same names.
+ATTENTION = """
+    self_attn.q_proj.weight   Q W   hidden@1
+    self_attn.k_proj.weight   KV W  hidden@1
+    self_attn.v_proj.weight   KV W  hidden@1
+    self_attn.q_proj.bias     Q     vector     optional
+    self_attn.k_proj.bias     KV    vector     optional
+    self_attn.v_proj.bias     KV    vector     optional
+    self_attn.o_proj.weight   W Q   hidden@1
+    self_attn.o_proj.bias     W     vector     optional
+"""
+MLP = """
+    mlp.gate_proj.weight      F W   hidden@1
+    mlp.up_proj.weight        F W   hidden@1
+    mlp.down_proj.weight      W F   hidden@1
+    mlp.gate_proj.bias        F     vector     optional
+    mlp.up_proj.bias          F     vector     optional
+    mlp.down_proj.bias        W     vector     optional
+"""
+
 LLAMA_GLOBALS = tensors("""
     {p}embed_tokens.weight   V W   input
     {p}norm.weight           W     norm_gain
@@ -19,31 +39,17 @@ LLAMA_GLOBALS = tensors("""
 LLAMA = Architecture(
     name="llama",
     model_types=("llama", "mistral", "qwen2", "qwen3"),
+    classes=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"),
     aliases=("mistral", "qwen2", "qwen3"),
     keys=LLAMA_KEYS,
     prefixes=("model.",),
     layer="{p}layers.{i}.",
     globals=LLAMA_GLOBALS,
-    blocks=tensors("""
-        input_layernorm.weight            W     norm_gain
-        self_attn.q_proj.weight           Q W   hidden@1
-        self_attn.k_proj.weight           KV W  hidden@1
-        self_attn.v_proj.weight           KV W  hidden@1
-        self_attn.q_proj.bias             Q     vector     optional
-        self_attn.k_proj.bias             KV    vector     optional
-        self_attn.v_proj.bias             KV    vector     optional
+    blocks=tensors("input_layernorm.weight  W  norm_gain" + ATTENTION + """
         self_attn.q_norm.weight           HD    norm_gain  optional
         self_attn.k_norm.weight           HD    norm_gain  optional
-        self_attn.o_proj.weight           W Q   hidden@1
-        self_attn.o_proj.bias             W     vector     optional
         post_attention_layernorm.weight   W     norm_gain
-        mlp.gate_proj.weight              F W   hidden@1
-        mlp.up_proj.weight                F W   hidden@1
-        mlp.down_proj.weight              W F   hidden@1
-        mlp.gate_proj.bias                F     vector     optional
-        mlp.up_proj.bias                  F     vector     optional
-        mlp.down_proj.bias                W     vector     optional
-    """),
+    """ + MLP),
     rotary="half",
     tied=("lm_head.weight", "{p}embed_tokens.weight"),
     per_layer=("layer_types",),

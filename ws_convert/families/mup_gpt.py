@@ -6,6 +6,7 @@ from ..architectures import Architecture, tensors
 MUP_GPT = Architecture(
     name="mup-gpt",
     model_types=("ws_convert_gpt",),
+    classes=("GPT",),
     keys={"width": ("width",), "ffn": ("ffn",), "heads": ("heads",), "layers": ("depth",),
           "vocab": ("vocab_size",), "ctx": ("context",), "base_width": ("base_width",)},
     prefixes=("",),

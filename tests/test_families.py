@@ -1,0 +1,190 @@
+"""Every natively grown family, on a tiny model of its own transformers class
+with every parameter random: inspect and plan read it; growth at 2x width,
+2x depth and both loads back into that class with no missing, unexpected or
+mismatched keys; zero-padding (shrink 1, no noise) keeps the logits exactly
+where the family's function allows it; verify passes. Adding a family is a
+data file in ws_convert/families/ and a case in models.FAMILY_CASES."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from models import FAMILY_CASES, family_model, perturbed
+from ws_convert.cli import main
+
+W, TO = 32, 64
+# Families whose function zero-padding cannot keep by their nature, and what plan says about it.
+CAVEATS = {"bloom": "ALiBi slopes", "olmo2": "over all heads at once", "gemma": "sqrt(hidden_size)",
+           "gemma2": "sqrt(hidden_size)", "gemma3_text": "sqrt(hidden_size)"}
+MULTI_QUERY = {"falcon-mq", "gpt_bigcode"}
+
+
+def cli(*args: object) -> str:
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res.output
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_CASES))
+def source(request, tmp_path_factory) -> tuple[str, Path]:
+    case = request.param
+    cls, config = family_model(case)
+    path = tmp_path_factory.mktemp(case) / "src"
+    perturbed(cls(config)).save_pretrained(path)
+    return case, path
+
+
+def load(case: str, directory: Path, **kw):
+    """The family's model from `directory` in float64; every key must match."""
+    cls = family_model(case)[0]
+    model, info = cls.from_pretrained(directory, output_loading_info=True, dtype=torch.float64, **kw)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    return model.eval()
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(ids).logits
+    assert torch.isfinite(out).all()
+    return out
+
+
+def no_norms(model):
+    """The model with every norm the identity: zero-padding keeps the function of
+    everything else, while an RMS over a wider axis would not."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if "norm" in type(child).__name__.lower():
+                setattr(module, name, torch.nn.Identity())
+    return model
+
+
+def ids(config) -> torch.Tensor:
+    return torch.randint(3, config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
+
+
+def test_inspect_and_plan(source):
+    case, path = source
+    info = json.loads(cli("inspect", path, "--json"))
+    assert info["arch"] == {"qwen3": "llama"}.get(case, case.split("-")[0]) and info["width"] == W and info["heads"] == 4
+    plan = json.loads(cli("plan", path, "--to-width", TO, "--json"))
+    assert plan["target"]["width"] == TO
+    warnings = " ".join(plan["warnings"])
+    if case in CAVEATS:
+        assert CAVEATS[case] in warnings
+    if case in MULTI_QUERY:
+        assert plan["target"]["kv_heads"] == 1 and "multi-query" in warnings
+    else:
+        assert plan["target"]["kv_heads"] == 2 * plan["source"]["kv_heads"]
+
+
+def test_zero_padding_keeps_the_logits(source, tmp_path):
+    """2x width by adding heads, shrink 1 and no noise: old head h stays head h,
+    every fused segment and per-head block in place, so with norms as the
+    identity the grown model computes the source's logits (float64)."""
+    case, path = source
+    out = tmp_path / "wide"
+    cli("grow", path, "--to-width", TO, "--shrink", 1, "--perturb", 0, "-o", out, "-q")
+    before, after = load(case, path), load(case, out)
+    assert after.config.vocab_size == before.config.vocab_size
+    if case.startswith("gemma"):  # its embedding scale follows the width; put the source's back
+        after.model.embed_tokens.embed_scale.copy_(before.model.embed_tokens.embed_scale)
+    x = ids(before.config)
+    same = torch.allclose(logits(no_norms(after), x), logits(no_norms(before), x), rtol=1e-10, atol=1e-10)
+    assert same == (case not in ("bloom",)), case  # ALiBi slopes change with the head count
+
+
+@pytest.mark.parametrize("args", [("--to-depth", 4), ("--to-width", TO, "--to-depth", 4),
+                                  ("--to-width", TO, "--head-policy", "head-dim")],
+                         ids=["depth", "width-and-depth", "head-dim"])
+def test_grown_model_loads_and_verifies(source, tmp_path, args):
+    case, path = source
+    out = tmp_path / "grown"
+    cli("grow", path, *args, "-o", out, "-q")
+    model = load(case, out)
+    logits(model, ids(model.config))
+    cli("verify", out)
+    config = json.loads((out / "config.json").read_text())
+    layers = 4 if "--to-depth" in args else 2
+    assert model.config.num_hidden_layers == layers
+    for key, value in json.loads((path / "config.json").read_text()).items():  # per-layer lists follow the layers
+        if isinstance(value, list) and len(value) == 2 and key not in ("architectures", "eos_token_id"):
+            assert len(config[key]) == layers, key
+    with safe_open(out / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert ("lm_head.weight" in names) == ("lm_head.weight" in set(f.keys()))  # tied stays tied
+
+
+SCALES = ("scaling", "inv_norm_factor", "scale_attn", "norm_factor")  # what attention modules call 1/sqrt(head_dim)
+
+
+def with_source_positions(after, before):
+    """The widened-head model given the source's attention scale and rotary
+    frequencies (on its first pairs, where the old pairs land): what widening
+    changes by its nature, put back so the layout alone is compared."""
+    for (_, a), (_, b) in zip(after.named_modules(), before.named_modules(), strict=True):
+        for attr in SCALES:
+            if isinstance(getattr(b, attr, None), (int, float)):
+                setattr(a, attr, getattr(b, attr))
+        # pairs no old pair lands on get frequencies of their own, so a pair put there would show
+        for name, freq in b.named_buffers(recurse=False):
+            if name.endswith("inv_freq"):
+                grown = getattr(a, name)
+                grown.copy_(torch.linspace(0.37, 2.9, grown.numel()))
+                grown[: freq.numel()] = freq
+        if isinstance(getattr(b, "embed_positions", None), torch.Tensor) and b.embed_positions.dim() == 2:
+            half, half2 = b.embed_positions.shape[-1] // 2, a.embed_positions.shape[-1] // 2  # GPT-J: [sin | cos]
+            a.embed_positions.copy_(torch.rand(a.embed_positions.shape, generator=torch.Generator().manual_seed(3)))
+            a.embed_positions[:, :half] = b.embed_positions[:, :half]
+            a.embed_positions[:, half2: half2 + half] = b.embed_positions[:, half:]
+    return after
+
+
+def test_widened_heads_keep_every_pair(source, tmp_path, monkeypatch):
+    """2x width by widening each head, shrink 1 and no noise: every old head
+    dim lands where the family's own code pairs it (rotate-half halves,
+    interleaved pairs, partial rotary, fused and per-head blocks), shown by
+    equal logits once the source's attention scale and rotary frequencies
+    are put back."""
+    case, path = source
+    out = tmp_path / "widened"
+    cli("grow", path, "--to-width", TO, "--head-policy", "head-dim", "--shrink", 1, "--perturb", 0, "-o", out, "-q")
+    before, after = load(case, path, attn_implementation="eager"), load(case, out, attn_implementation="eager")
+    assert after.config.num_attention_heads == before.config.num_attention_heads
+    if case.startswith("falcon"):  # it divides by math.sqrt(self.head_dim), the widened one
+        from transformers.models.falcon import modeling_falcon
+        hd, hd2 = W // 4, TO // 4
+        monkeypatch.setattr(modeling_falcon, "math", type("math", (), {
+            "sqrt": staticmethod(lambda x: modeling_falcon.torch.tensor(float(hd if x == hd2 else x)).sqrt().item())}))
+    if case.startswith("gemma"):
+        after.model.embed_tokens.embed_scale.copy_(before.model.embed_tokens.embed_scale)
+    x = ids(before.config)
+    with torch.no_grad():
+        after = with_source_positions(no_norms(after), no_norms(before))
+    torch.testing.assert_close(logits(after, x), logits(no_norms(before), x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("args,old,new", [
+    ((), lambda w: 0.4 * (1 + w), 0.0),  # the operator on the gain 1 + w; new units at gain 1
+    (("--norms", "copy"), lambda w: w, 0.0),  # the effective gain kept
+    (("--perturb", "0.5"), lambda w: 0.4 * (1 + w) + 0.5 - 1, 0.5 - 1),
+], ids=["shrink", "copy", "half-perturb"])
+def test_gains_stored_as_an_offset_grow_as_gains(tmp_path, args, old, new):
+    """Gemma stores a norm gain g as w = g - 1: the operator acts on g, and
+    "gain init 1" is stored as 0."""
+    cls, config = family_model("gemma")
+    perturbed(cls(config)).save_pretrained(tmp_path / "src")
+    cli("grow", tmp_path / "src", "--to-width", TO, "-o", tmp_path / "out", "-q", *args)
+    with safe_open(tmp_path / "src" / "model.safetensors", "pt") as f, \
+            safe_open(tmp_path / "out" / "model.safetensors", "pt") as g:
+        for name in ("model.norm.weight", "model.layers.1.post_attention_layernorm.weight"):
+            w, grown = f.get_tensor(name), g.get_tensor(name)
+            torch.testing.assert_close(grown[:W], old(w).float(), rtol=0, atol=1e-6)
+            assert torch.all(grown[W:] == new)
