@@ -188,3 +188,35 @@ def test_gains_stored_as_an_offset_grow_as_gains(tmp_path, args, old, new):
             w, grown = f.get_tensor(name), g.get_tensor(name)
             torch.testing.assert_close(grown[:W], old(w).float(), rtol=0, atol=1e-6)
             assert torch.all(grown[W:] == new)
+
+
+def saved(tmp_path: Path, case: str, **edits) -> Path:
+    """A tiny model of `case` saved, its config.json then given `edits`."""
+    cls, config = family_model(case)
+    path = tmp_path / case
+    perturbed(cls(config)).save_pretrained(path)
+    data = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**data, **edits}))
+    return path
+
+
+@pytest.mark.parametrize("case,edits,args,needles", [
+    ("stablelm", dict(qk_layernorm=True), ("--to-width", TO), ("qk_layernorm True", "only with qk_layernorm False")),
+    ("bloom", {}, ("--to-width", TO, "--to-ffn", 200), ("always 4 x width", "256")),
+    ("gptj", dict(rotary_dim=6), ("--to-width", 48, "--head-policy", "head-dim"), ("9 rotary dims", "6 of 8")),
+    ("gpt_neox", dict(num_attention_heads=3), ("--to-width", TO), ("3 heads", "do not divide the width 32")),
+    ("falcon", dict(alibi=True), ("--to-width", TO), ()),  # grows, saying the slopes change
+])
+def test_what_a_family_cannot_take_is_one_line(tmp_path, case, edits, args, needles):
+    from test_plan_input import refused
+    path = saved(tmp_path, case, **edits)
+    if needles:
+        refused(["plan", path, *args], *needles)
+    else:
+        assert "ALiBi slopes" in cli("plan", path, *args)
+
+
+def test_an_unknown_model_type_names_what_to_give(tmp_path):
+    from test_plan_input import refused
+    path = saved(tmp_path, "llama", model_type="llama9")
+    refused(["plan", path, "--to-width", TO], "model_type 'llama9'", "--arch generic")
