@@ -10,6 +10,14 @@ keeps old head h at rows [h * head_dim, (h + 1) * head_dim): head h stays
 head h, and the new heads come after. Widening each head instead would merge
 old heads into new ones. Anything where heads would be ambiguous is refused
 rather than guessed.
+
+Every other shape must be placeable too: a matrix with one axis growing
+must have the vocabulary or the context size on the other (a fused or offset
+projection has neither), a tensor that grows nowhere must hold nothing per
+head, and an ffn of 3 x width would pass for a fused [q | k | v]. A config
+naming a family that stores norm gains as 1 + w (Gemma) is refused, since
+generic would start the new gains at 2; one naming another natively grown
+family is grown, with a warning that names its --arch.
 """
 
 from __future__ import annotations
@@ -19,18 +27,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from .architectures import Role
+from .architectures import Architecture, Role
 from .errors import PlanError
+from .families import ALL
 from .plan import (GrowthOptions, Plan, Sizes, Source, TensorPlan, base_shape, config_sizes, init_for,
-                   output_dtype)
+                   output_dtype, shown)
 from .szp_spec import Init, Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
-FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size")
 HEADS_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
-SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": HEADS_KEYS, "kv_heads": ("num_key_value_heads",),
-             "head_dim": ("head_dim",), "vocab": ("vocab_size",)}
-NULLABLE = ("ffn", "head_dim", "kv_heads", "vocab")  # null: not known
+SIZE_KEYS = {"width": WIDTH_KEYS, "ffn": FFN_KEYS, "heads": HEADS_KEYS,
+             "kv_heads": ("num_key_value_heads", "num_kv_heads"), "head_dim": ("head_dim",), "vocab": ("vocab_size",),
+             "ctx": ("max_position_embeddings", "n_positions", "n_ctx")}
+NULLABLE = ("ffn", "head_dim", "kv_heads", "vocab", "ctx")  # null: not known
+
+
+class _Known(NamedTuple):
+    """What the config proves, which every shape is checked against."""
+
+    width: int
+    grow: Mapping[int, int]  # source size -> grown
+    heads: int
+    head_dim: int
+    vocab: int | None
+    vocab_from: str  # the config key, or the first tensor whose shape gave it where the config does not
+    ctx: int | None
+    advice: str  # what to give instead: --arch, with the family where the config names a native one
 
 
 class _Layout(NamedTuple):
@@ -40,21 +63,55 @@ class _Layout(NamedTuple):
     shape: tuple[int, ...]  # grown
     maps: tuple[tuple[Segment, ...], ...]  # top-left
     base: tuple[int | None, ...]  # the μP base shape without a base-shapes file: the source's own
+    other: int | None  # a matrix's axis that does not grow, where the other one does
 
 
-def _layout(name: str, shape: tuple[int, ...], width: int, grow: Mapping[int, int], vocab: int | None) -> _Layout:
-    """The layout of `shape`, refused where an axis looks like fused heads
-    (`name` is the first tensor of that shape); the vocabulary the config
-    gives is no width axis, whatever its size."""
+def _per_head(shape: tuple[int, ...], k: _Known) -> bool:
+    """Whether `shape` may hold one entry, or one head_dim, per head ([heads],
+    [heads, head_dim], broadcast axes of 1 aside): grown by adding heads, it
+    would need new rows."""
+    if k.heads not in shape:
+        return False
+    rest = list(shape)
+    rest.remove(k.heads)
+    return all(d in (1, k.head_dim) for d in rest)
+
+
+def _layout(name: str, shape: tuple[int, ...], k: _Known) -> _Layout:
+    """The layout of `shape`, refused where an axis looks like fused heads,
+    holds heads, or sits beside a growing axis without being the vocabulary
+    or the context (`name` is the first tensor of that shape); the
+    vocabulary and context sizes the config gives are no width axes,
+    whatever their size."""
+    fixed = (k.vocab, k.ctx)
     for d in shape:
-        if d not in grow and d != vocab and d > width and d % width == 0:
-            raise PlanError(f"tensor '{name}': axis of size {d} = {d // width} x width, which --arch generic cannot "
+        if d not in k.grow and d not in fixed and d > k.width and d % k.width == 0:
+            raise PlanError(f"tensor '{name}': axis of size {d} = {d // k.width} x width, which --arch generic cannot "
                             f"tell from fused heads; give the ffn size ({', '.join(FFN_KEYS)}) or vocab_size if "
-                            "that is what it is, or --arch")
-    growing = tuple(d in grow for d in shape)
-    return _Layout(growing, tuple(grow.get(d, d) for d in shape),
+                            f"that is what it is, or {k.advice}")
+    growing = tuple(d in k.grow for d in shape)
+    if not any(growing) and _per_head(shape, k):
+        raise PlanError(f"tensor '{name}' {list(shape)}: may hold one entry per head ({k.heads} heads of "
+                        f"{k.head_dim}), which --arch generic cannot give the new heads; give {k.advice}")
+    other = shape[growing.index(False)] if len(shape) == 2 and sum(growing) == 1 else None
+    if other is not None and other not in fixed and k.vocab is not None:
+        raise PlanError(f"tensor '{name}' {list(shape)}: one axis grows, the other ({other}) is neither the vocabulary "
+                        f"({k.vocab}, {k.vocab_from}) nor the context size ({k.ctx or 'not given'}), so --arch "
+                        f"generic cannot place it (a fused or offset projection?); give {k.advice}")
+    return _Layout(growing, tuple(k.grow.get(d, d) for d in shape),
                    tuple((Segment(0, 0, d),) if d else () for d in shape),
-                   tuple(d if g else None for d, g in zip(shape, growing)))
+                   tuple(d if g else None for d, g in zip(shape, growing)), other)
+
+
+def _native(source: Source) -> tuple[str, Architecture] | None:
+    """The transformers class the config's 'architectures' names and the
+    natively grown family it is of, if any."""
+    names = (source.config or {}).get("architectures")
+    for cls in names if isinstance(names, list) else ():
+        for arch in ALL:
+            if cls in arch.classes:
+                return cls, arch
+    return None
 
 
 def _role(name: str, growing: Sequence[bool]) -> tuple[Role, int | None]:
@@ -72,22 +129,23 @@ def _role(name: str, growing: Sequence[bool]) -> tuple[Role, int | None]:
     raise PlanError(f"tensor '{name}': cannot tell its μP role from {len(growing)} axes; give --arch")
 
 
-def _heads(source: Source, given: dict[str, tuple[int, str]], to_width: int) -> tuple[int, int, int]:
+def _heads(source: Source, given: dict[str, tuple[int, str]], to_width: int, advice: str) -> tuple[int, int, int]:
     """(heads, head_dim, grown heads): the config must prove where every
     head lies, and the grown width must hold whole heads of the same size."""
     width = given["width"][0]
     if "heads" not in given:
         raise PlanError(f"{source.config_name}: no head count ({', '.join(HEADS_KEYS)}), so --arch generic cannot "
-                        "tell where the attention heads lie; give --arch, or a config with num_attention_heads")
+                        f"tell where the attention heads lie; give {advice}, or a config with num_attention_heads")
     heads, key = given["heads"]
     head_dim = given["head_dim"][0] if "head_dim" in given else width // heads
     if heads * head_dim != width:
         raise PlanError(f"{source.config_name}: {heads} heads ('{key}') of head_dim {head_dim} do not fill the "
-                        f"width {width}, so --arch generic cannot tell the attention axes; give --arch")
-    if given.get("kv_heads", (heads,))[0] != heads:
-        kv, kv_key = given["kv_heads"]
+                        f"width {width}, so --arch generic cannot tell the attention axes; give {advice}")
+    multi_query = (source.config or {}).get("multi_query")  # Falcon's and GPTBigCode's one key/value head
+    if given.get("kv_heads", (heads,))[0] != heads or multi_query:
+        kv, kv_key = given["kv_heads"] if not multi_query else (shown(multi_query), "multi_query")
         raise PlanError(f"{source.config_name}: '{kv_key}' is {kv}: --arch generic cannot grow grouped key/value "
-                        "heads; give --arch")
+                        f"heads; give {advice}")
     if to_width % head_dim:
         raise PlanError(f"--to-width {to_width} is not a multiple of head_dim {head_dim}: --arch generic grows "
                         "attention by whole heads")
@@ -105,9 +163,16 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
     if o.to_width <= width:
         raise PlanError(f"--to-width {o.to_width} is not larger than the source width {width}")
+    native = _native(source)
+    advice = f"--arch {native[1].name}" if native else "--arch"
+    if native and native[1].norm_offset:
+        cls, arch = native
+        raise PlanError(f"{source.config_name}: 'architectures' names {cls}, a {arch.name} model, which stores norm "
+                        f"gains as {arch.norm_offset:g} + w: --arch generic would start its new gains at "
+                        f"{1 + arch.norm_offset:g}; give --arch {arch.name}")
     if o.head_policy != "heads":
         raise PlanError(f"--head-policy {o.head_policy}: --arch generic cannot widen heads without knowing each "
-                        "head's layout (rotary halves, interleaving); use --head-policy heads or give --arch")
+                        f"head's layout (rotary halves, interleaving); use --head-policy heads or give {advice}")
     ffn = given["ffn"][0] if "ffn" in given else None
     if o.to_ffn and not ffn:
         raise PlanError(f"{source.config_name}: --to-ffn needs the ffn size in the config ({', '.join(FFN_KEYS)})")
@@ -116,20 +181,29 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
         raise PlanError(f"--to-ffn {to_ffn} is smaller than the source ffn {ffn}")
     if ffn == width and to_ffn != o.to_width:
         raise PlanError(f"{source.config_name}: the ffn size is the width ({width}), so --arch generic cannot tell "
-                        "their axes apart; give --arch")
-    heads, head_dim, to_heads = _heads(source, given, o.to_width)
+                        f"their axes apart; give {advice}")
+    if ffn == 3 * width:
+        raise PlanError(f"{source.config_name}: the ffn size '{given['ffn'][1]}' {ffn} is 3 x width, the size of a "
+                        f"fused [q | k | v], so --arch generic cannot tell their axes apart; give {advice}")
+    heads, head_dim, to_heads = _heads(source, given, o.to_width, advice)
     grow = {width: o.to_width, **({ffn: to_ffn} if ffn else {})}
+    for size, what in (("vocab", "vocabulary"), ("ctx", "context")):
+        value, key = given.get(size, (None, None))
+        if value in grow:
+            raise PlanError(f"{source.config_name}: '{key}' {value} is also the width or ffn size, so --arch "
+                            f"generic cannot tell the {what}'s axes from theirs; give {advice}")
     vocab, vocab_key = given.get("vocab", (None, None))
-    if vocab in grow:
-        raise PlanError(f"{source.config_name}: '{vocab_key}' {vocab} is also the width or ffn size, so --arch "
-                        "generic cannot tell the vocabulary's axes from theirs; give --arch")
+    known = _Known(width, grow, heads, head_dim, vocab, f"'{vocab_key}'", given.get("ctx", (None,))[0], advice)
     tensors = []
     base_shapes = {}
     layouts: dict[tuple[int, ...], _Layout] = {}  # checkpoints of many tensors have few shapes
     inits: dict[tuple[Role, int | None, int | None], Init] = {}
     for name, (dtype, shape) in source.tensors.items():
         if shape not in layouts:
-            layouts[shape] = _layout(name, shape, width, grow, vocab)
+            layouts[shape] = _layout(name, shape, known)
+            if known.vocab is None and layouts[shape].other not in (None, known.ctx):
+                # the config gives no vocabulary: the first embedding says it, and every other must agree
+                known = known._replace(vocab=layouts[shape].other, vocab_from=f"as tensor '{name}' has it")
         layout = layouts[shape]
         growing = any(layout.growing)
         role, fan_in = _role(name, layout.growing) if growing else (Role.BUFFER, None)
@@ -146,6 +220,9 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
     warnings = [f"generic architecture: every axis of size {width}" + (f" or {ffn}" if ffn else "")
                 + f" is padded top-left, adding heads of head_dim {head_dim} ({heads} -> {to_heads}); fused "
                 "projections are not known, so check the result or give --arch"]
+    if native:
+        warnings.append(f"{source.config_name} names {native[0]}, which --arch {native[1].name} grows knowing "
+                        "its layout")
     new_config = dict(source.config or {})
     for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn), (HEADS_KEYS, to_heads),
                         (SIZE_KEYS["kv_heads"], to_heads)):
