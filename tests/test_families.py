@@ -80,6 +80,7 @@ def test_inspect_and_plan(source):
         assert CAVEATS[case] in warnings
     if case in MULTI_QUERY:
         assert plan["target"]["kv_heads"] == 1 and "multi-query" in warnings
+        assert plan["config"].get("num_kv_heads", plan["config"].get("num_key_value_heads")) == 1
     else:
         assert plan["target"]["kv_heads"] == 2 * plan["source"]["kv_heads"]
 

@@ -33,11 +33,14 @@ def inspect(src: str | Path, *, arch: str | None = None, num_heads: int | None =
         }
     found, prefix = detect(source, arch)
     info["arch"] = found.name if found else "generic"
+    if found is not None and found.layout:
+        info["layout"] = found.layout
     if found is not None:
         opts = GrowthOptions(to_width=0, num_heads=num_heads, num_kv_heads=num_kv_heads)
         sizes = source_sizes(found, prefix, source, opts)
         info.update(width=sizes.width, depth=sizes.layers, heads=sizes.heads, kv_heads=sizes.kv_heads,
-                    head_dim=sizes.head_dim, ffn=sizes.ffn, vocab=sizes.vocab, ctx=sizes.ctx)
+                    head_dim=sizes.head_dim, ffn=sizes.ffn, vocab=sizes.vocab, ctx=sizes.ctx,
+                    rotary_dim=sizes.rotary_dim)
     return info
 
 

@@ -354,8 +354,8 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
-    click.echo(f"{info['path']}: {info['arch']}")
-    for key in ("width", "depth", "heads", "kv_heads", "head_dim", "ffn", "vocab", "ctx"):
+    click.echo(f"{info['path']}: {info['arch']}" + (f" ({info['layout']})" if "layout" in info else ""))
+    for key in ("width", "depth", "heads", "kv_heads", "head_dim", "rotary_dim", "ffn", "vocab", "ctx"):
         if key in info:
             click.echo(f"  {key:<10} {info[key]}")
     click.echo(f"  {'params':<10} {human(info['parameters'])} in {info['tensors']} tensors, "

@@ -12,6 +12,7 @@ ALIBI = Caveat("heads", "ALiBi slopes depend on the head count, so adding heads 
                config={"alibi": True})
 
 KEYS = {"width": ("hidden_size",), "ffn": ("ffn_hidden_size",), "heads": ("n_head", "num_attention_heads"),
+        "kv_heads": ("num_kv_heads",),
         "layers": ("n_layer", "num_hidden_layers"), "vocab": ("vocab_size",), "ctx": ("max_position_embeddings",)}
 
 GLOBALS = tensors("""
@@ -46,7 +47,7 @@ def blocks(qkv: str) -> tuple:
 
 NEW_DECODER = Architecture(
     name="falcon", layout="new decoder", model_types=("falcon",), classes=("FalconForCausalLM",),
-    keys={**KEYS, "kv_heads": ("num_kv_heads",)}, prefixes=("transformer.",), layer="{p}h.{i}.",
+    keys=KEYS, prefixes=("transformer.",), layer="{p}h.{i}.",
     globals=GLOBALS, blocks=blocks("KV:Q+KV+KV"), rotary="half",
     tied=("lm_head.weight", "{p}word_embeddings.weight"), tie_default=True, ffn_default=4,
     when={"new_decoder_architecture": True},
@@ -54,7 +55,7 @@ NEW_DECODER = Architecture(
 
 ARCHITECTURES = (
     NEW_DECODER,
-    NEW_DECODER.variant(layout="multi-query", keys=KEYS, fixed={"kv_heads": 1}, blocks=blocks("Q+KV+KV"),
+    NEW_DECODER.variant(layout="multi-query", fixed={"kv_heads": 1}, blocks=blocks("Q+KV+KV"),
                         when={"new_decoder_architecture": False, "multi_query": True}),
     NEW_DECODER.variant(layout="multi-head", blocks=blocks("Q:Q+KV+KV"),
                         when={"new_decoder_architecture": False, "multi_query": False}),

@@ -26,7 +26,7 @@ def blocks(qkv: str) -> tuple:
 MULTI_QUERY = Architecture(
     name="gpt_bigcode", layout="multi-query", model_types=("gpt_bigcode",), classes=("GPTBigCodeForCausalLM",),
     keys={"width": ("hidden_size", "n_embd"), "ffn": ("n_inner",), "heads": ("num_attention_heads", "n_head"),
-          "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
+          "kv_heads": ("num_key_value_heads",), "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
           "ctx": ("max_position_embeddings", "n_positions")},
     prefixes=("transformer.",), layer="{p}h.{i}.",
     globals=tensors("""
