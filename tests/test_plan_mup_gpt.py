@@ -81,3 +81,25 @@ def test_norms_copy_keeps_old_gains_and_starts_new_units_at_one():
     for name in copied:  # every other tensor: the same bytes as the default
         if name not in {t.name for t in gains}:
             assert torch.equal(copied[name], shrunk[name]), name
+
+
+@pytest.mark.parametrize("zero_query", [True, False])
+def test_growth_adds_no_noise_where_the_model_starts_at_zero(zero_query):
+    """The bundled GPT starts its query projection at zero (zero_query) and
+    its readout at zero: there the operator shrinks the old weights and adds
+    nothing, as the target model's own init would."""
+    torch.manual_seed(0)
+    model = build(GPTConfig(width=64, depth=2, heads=4, base_width=32, zero_query=zero_query))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grown, plan = grow_state_dict(state, 128, config=model.config.to_dict())
+    q = next(t for t in plan.tensors if t.name == "blocks.1.attn.q.weight")
+    assert (q.noise_std == 0) == zero_query and ("zero at init" in q.note) == zero_query
+    old, new = state["blocks.1.attn.q.weight"], grown["blocks.1.attn.q.weight"]
+    shrunk = (torch.tensor(0.4) * old).float()
+    assert torch.equal(new[:64, :64], shrunk) == zero_query
+    assert (not new[64:].any() and not new[:, 64:].any()) == zero_query
+    readout = next(t for t in plan.tensors if t.name == "lm_head.weight")
+    assert readout.noise_std == 0 and torch.equal(grown["lm_head.weight"][:, :64], torch.tensor(0.4) * state["lm_head.weight"])

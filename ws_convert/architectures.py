@@ -10,7 +10,9 @@ A family file writes its tensors as a table, one tensor a line:
     attention.query_key_value.weight   Q:Q+KV+KV W   hidden@1   optional
 
 name, then one token per axis, then the μP role (`@k`: axis k is fan-in),
-then `optional` where the tensor may be absent. An axis token is a kind
+then `optional` where the tensor may be absent and `zero=KEY` where the
+model initialises it to zero when its config's KEY is true (the bundled
+GPT's zero query), so growth adds no noise there either. An axis token is a kind
 (W width, F ffn, Q heads x head_dim, KV kv-heads x head_dim, HD head_dim,
 NH and NKV the head and kv-head counts, V vocab, C context, E the embedding projection, X fixed),
 kinds side by side (`Q+KV+KV`: [q | k | v]), or blocks repeated per head or
@@ -82,6 +84,7 @@ class Param:
     role: Role
     fan_in: int | None = None
     optional: bool = False
+    zero_key: str | None = None  # a config key that, when true, makes the model's init of this tensor zero
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,10 @@ def tensors(table: str) -> tuple[Param, ...]:
     params = []
     for line in filter(str.strip, table.splitlines()):
         name, *tokens = line.split()
-        optional = tokens[-1:] == ["optional"]
-        *axes, role = tokens[:-1] if optional else tokens
+        flags = [t for t in tokens if t == "optional" or t.startswith("zero=")]
+        *axes, role = tokens[:len(tokens) - len(flags)]
         role, _, fan_in = role.partition("@")
+        zero = next((f.removeprefix("zero=") for f in flags if f.startswith("zero=")), None)
         params.append(Param(name, tuple(_axis(a, name) for a in axes), Role(role),
-                            int(fan_in) if fan_in else None, optional))
+                            int(fan_in) if fan_in else None, "optional" in flags, zero))
     return tuple(params)

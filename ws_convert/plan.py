@@ -800,6 +800,8 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
         fan_in = shape[p.fan_in] if p.fan_in is not None else None
         init = init_for(p.role, fan_in, base[p.fan_in] if p.fan_in is not None else None, options)
         noise_name, role, note = name, p.role, ""
+        if p.zero_key and config.get(p.zero_key, arch.defaults.get(p.zero_key)):
+            init, note = Constant(0.0), f"zero at init ({p.zero_key}), no noise"
         if tied and name == readout:  # stays tied: the same bytes as the embedding
             emb = next(q for q in arch.globals if q.name.format(p=prefix) == embedding)
             role, init, noise_name, note = emb.role, init_for(emb.role, None, None, options), embedding, "tied"

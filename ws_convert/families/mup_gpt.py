@@ -18,7 +18,7 @@ MUP_GPT = Architecture(
     """),
     blocks=tensors("""
         ln1.weight      W     norm_gain
-        attn.q.weight   Q W   hidden@1
+        attn.q.weight   Q W   hidden@1   zero=zero_query
         attn.k.weight   KV W  hidden@1
         attn.v.weight   KV W  hidden@1
         attn.o.weight   W Q   hidden@1
@@ -29,6 +29,7 @@ MUP_GPT = Architecture(
     rotary="half",
     tie_key=None,
     ffn_default=4,  # GPTConfig: a missing or null ffn is 4 x width
+    defaults={"zero_query": True},  # GPTConfig's
 )
 
 ARCHITECTURES = (MUP_GPT,)
