@@ -1,4 +1,4 @@
-"""Random SZP cases shared by the op tests: shapes, segment layouts, sources."""
+"""Shared test helpers: random SZP cases for the op tests, and a run stopped and resumed for the trainer tests."""
 
 from __future__ import annotations
 
@@ -64,3 +64,20 @@ def random_tensor(shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
         a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def stopped_then_resumed(train, cfg, at: int) -> list[dict]:
+    """Train `cfg`, stopped by an exception after step `at`, then run again
+    into the same --out; the log of the resumed run."""
+    import pytest
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, total, record):
+        if step == at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, progress=interrupt)
+    return train(cfg)["log"]

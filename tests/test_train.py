@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("mup")
 
+from helpers import stopped_then_resumed  # noqa: E402
 from ws_convert import grow  # noqa: E402
 from ws_convert.data import DataError, batch, load  # noqa: E402
 from ws_convert.errors import WsConvertError  # noqa: E402
@@ -41,8 +42,9 @@ def test_training_on_stdlib_lowers_held_out_loss(tmp_path):
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["checkpoint-40", "config.json", "log.jsonl", "loss.png", "model.safetensors"]
     checkpoint = sorted(p.name for p in (tmp_path / "run" / "checkpoint-40").iterdir())
-    assert checkpoint == ["model.safetensors", "optimizer.pt"]
-    assert (tmp_path / "run" / "model.safetensors").samefile(tmp_path / "run" / "checkpoint-40" / "model.safetensors")
+    assert checkpoint == ["config.json", "model.safetensors", "optimizer.pt"]  # a model directory, and its optimizer
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "run" / name).samefile(tmp_path / "run" / "checkpoint-40" / name)
     lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(40)) and "eval_loss" in lines[-1]
 
@@ -51,17 +53,7 @@ def test_resume_continues_the_same_trajectory(tmp_path, text):
     cfg = TrainConfig(**TINY, steps=20, data=text, checkpoint_every=10, out=str(tmp_path / "a"))
     whole = train(cfg)["log"]
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(step, total, record):
-        if step == 13:
-            raise Stop
-
-    interrupted = replace(cfg, out=str(tmp_path / "b"))
-    with pytest.raises(Stop):
-        train(interrupted, progress=interrupt)
-    resumed = train(interrupted)["log"]
+    resumed = stopped_then_resumed(train, replace(cfg, out=str(tmp_path / "b")), at=13)
     assert [r["step"] for r in resumed] == list(range(20))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     on_disk = [json.loads(l)["step"] for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]

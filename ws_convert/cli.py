@@ -280,9 +280,13 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 
 
 @main.command()
+@click.option("--arch", type=click.Choice([n for n in ARCH_NAMES if n not in ("generic", "mup-gpt")]),
+              help="Build a model of this Hugging Face family (default: the bundled μP GPT).")
 @click.option("--width", type=click.IntRange(2), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(0), default=0, help="Key/value heads of a family model (default: --heads).")
+@click.option("--ffn", type=click.IntRange(0), default=0, help="MLP size (default: 4 x --width).")
 @click.option("--base-width", type=click.IntRange(0), default=0, help="μP base width (default: --width).")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
@@ -291,7 +295,9 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default="wsd", show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=0, help="Warm-up steps (default: 5% of --steps).")
 @click.option("--init-std", type=float, default=0.02, show_default=True)
-@click.option("--data", help="Text file or folder, or a uint16 .bin token file (default: Python's stdlib sources).")
+@click.option("--data", help="Text file or folder, or a .bin token file (default: Python's stdlib sources).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
+              help="Tokenizer directory for text data (default: the --init-from model's, if it has one).")
 @click.option("--out", default="ws-convert-run", show_default=True, type=click.Path(file_okay=False))
 @click.option("--init-from", type=click.Path(exists=True), help="Start from this (grown) checkpoint.")
 @click.option("--device", default="auto", show_default=True)
@@ -302,7 +308,8 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
 @fail_cleanly
 def train(compile_: bool, **kw) -> None:
-    """Train the bundled μP GPT (from scratch, or --init-from a grown checkpoint)."""
+    """Train under μP: the bundled GPT or a Hugging Face family (--arch), from
+    scratch or --init-from a grown checkpoint."""
     from .train import TrainConfig, train as run_train
 
     bar = None

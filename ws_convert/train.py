@@ -1,20 +1,26 @@
-"""The reference μP trainer: train the bundled μP GPT from scratch or from a
-grown checkpoint, with the same hyperparameters.
+"""The reference μP trainer: train the bundled μP GPT, or a natively grown
+Hugging Face family in its own transformers class (hf_model.py), from
+scratch or from a grown checkpoint, with the same hyperparameters. One
+loop serves both; a model source says how its models are built, read and
+written.
 
 One process on CPU or one GPU (bf16 autocast, optional torch.compile), or
 several through `torchrun` (DistributedDataParallel; gloo on CPU, nccl on
 GPU). Logs go to the terminal and `log.jsonl`; `--out` receives the model
-(`model.safetensors`, `config.json`), `log.jsonl`, `loss.png` and the
-training checkpoint `checkpoint-N/` (N the step it holds), from which a run
-resumes and continues the same loss trajectory. Training from a grown
+(`model.safetensors`, `config.json`; for a family also `base_shapes.bsh` and
+the tokenizer files, so `out` is a Hugging Face directory that `grow` takes
+as is), `log.jsonl`, `loss.png` and the training checkpoint `checkpoint-N/`
+(N the step it holds), from which a run resumes and continues the same loss
+trajectory. Training from a grown
 checkpoint (`init_from`) starts the optimizer fresh, as in the paper.
 
-A training checkpoint is `model.safetensors` and `optimizer.pt` written into
+A training checkpoint is the model's files and `optimizer.pt` written into
 a hidden temporary directory, flushed, and renamed to `checkpoint-N` in one
 step, so it appears whole or not at all; both files record N (the
 safetensors `__metadata__["step"]`, the optimizer state's "step") and a pair
 that disagrees is refused. Only then is the run's `model.safetensors`
-replaced, by a hard link to the checkpoint's, and older checkpoints removed.
+replaced, file by file, by hard links to the checkpoint's, and older
+checkpoints removed.
 """
 
 from __future__ import annotations
@@ -34,17 +40,22 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from . import hf_model
+from .engine import side_files
 from .errors import CheckpointError, OutputError, WsConvertError
-from .model import GPT, GPTConfig, build, config_json, load, save_weights
+from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
 from .reader import open_checkpoint, read_header
 from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    arch: str | None = None  # a Hugging Face family to build; None: the bundled GPT
     width: int = 128
     depth: int = 4
     heads: int = 4
+    kv_heads: int = 0  # 0: as many as heads
+    ffn: int = 0  # 0: 4 x width
     base_width: int = 0  # 0: the width
     steps: int = 200
     batch_size: int = 16
@@ -56,6 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     init_std: float = 0.02
     data: str | None = None  # None: the standard library's sources
+    tokenizer: str | None = None  # a tokenizer directory; None: the --init-from directory's, if it has one
     out: str = "ws-convert-run"
     init_from: str | None = None
     device: str = "auto"
@@ -69,7 +81,7 @@ class TrainConfig:
 
 # Settings a resumed run may change: they touch logging and speed, not the trajectory.
 FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every", "overwrite")
-MODEL_SETTINGS = ("width", "depth", "heads", "base_width", "init_std")  # unused when init_from gives the model
+MODEL_SETTINGS = ("arch", "width", "depth", "heads", "kv_heads", "ffn", "base_width", "init_std")  # unused when init_from gives the model
 
 
 def _trajectory(settings: dict) -> dict:
@@ -79,7 +91,7 @@ def _trajectory(settings: dict) -> dict:
 
 
 def _check_resume(out: Path, saved: dict, c: TrainConfig) -> None:
-    before, now = _trajectory(saved), _trajectory(asdict(c))
+    before, now = _trajectory({**asdict(TrainConfig()), **saved}), _trajectory(asdict(c))  # older runs lack newer keys
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k)]
     if changed:
@@ -92,7 +104,7 @@ CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")
 # What a run's --out holds only if it is that run's (or replaced with --overwrite): the names the
 # trainer writes over, and any other model's weights.
 MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt)|config\.json|loss\.png|log\.jsonl")
-LEFTOVER = re.compile(r"\.(checkpoint-[0-9]+|model\.safetensors|config\.json)\.partial-([0-9]+)")
+LEFTOVER = re.compile(r"\.(checkpoint-[0-9]+|[^/]+)\.partial-([0-9]+)")
 
 
 def _check_out(out: Path, c: TrainConfig) -> Path | None:
@@ -128,7 +140,53 @@ def _check_out(out: Path, c: TrainConfig) -> Path | None:
     return None
 
 
-def _read_checkpoint(path: Path, device: torch.device) -> tuple[GPT, dict]:
+class _Source:
+    """How the run's kind of model is read from and written into a
+    directory: the bundled GPT (one safetensors file carrying its config), or
+    a Hugging Face family (hf_model.py), whose directories also carry the
+    base shapes and the tokenizer files."""
+
+    def __init__(self, family: bool, tokenizer: Path | None) -> None:
+        self.family, self.tokenizer = family, tokenizer
+
+    def read(self, path: Path) -> torch.nn.Module:
+        if self.family:
+            return hf_model.load(path)
+        return load(path / MODEL_NAME if path.is_dir() else path)
+
+    def write(self, model: torch.nn.Module, directory: Path, metadata: dict[str, str]) -> None:
+        if not self.family:
+            save_weights(model, directory / MODEL_NAME, metadata)
+            (directory / CONFIG_NAME).write_text(config_json(model.config))
+            return
+        hf_model.write(model, directory, metadata)
+        if self.tokenizer is not None:
+            for name in side_files(self.tokenizer)[0]:
+                shutil.copyfile(self.tokenizer / name, directory / name)
+
+
+def _is_family(path: Path) -> bool:
+    """Whether a model (directory, or file with config.json beside it) is a
+    Hugging Face family rather than the bundled GPT."""
+    config = (path if path.is_dir() else path.parent) / CONFIG_NAME
+    try:
+        return json.loads(config.read_text()).get("model_type") != MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _tokenizer_dir(c: TrainConfig, family: bool) -> Path | None:
+    """--tokenizer, else the tokenizer that came with --init-from's model."""
+    if c.tokenizer:
+        return Path(c.tokenizer)
+    if family and c.init_from and Path(c.init_from).is_dir():
+        src = Path(c.init_from)
+        if any((src / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+            return src
+    return None
+
+
+def _read_checkpoint(path: Path, device: torch.device, source: _Source) -> tuple[torch.nn.Module, dict]:
     """The model and optimizer state of `checkpoint-N`, refused unless both files record step N."""
     for name in (MODEL_NAME, OPTIMIZER_NAME):
         if not (path / name).is_file():
@@ -145,19 +203,19 @@ def _read_checkpoint(path: Path, device: torch.device) -> tuple[GPT, dict]:
         shown = ", ".join(f"{name} step {s}" for name, s in steps.items())
         raise CheckpointError(path, f"a checkpoint of step {step} whose files record {shown}; refusing to resume "
                                     "from it")
-    return load(path / MODEL_NAME), state
+    return source.read(path), state
 
 
-def _write_checkpoint(out: Path, model: GPT, state: dict) -> Path:
+def _write_checkpoint(out: Path, model: torch.nn.Module, state: dict, source: _Source) -> Path:
     """`out/checkpoint-N` (N = state["step"]), complete or not at all."""
     final = out / f"checkpoint-{state['step']}"
     tmp = out / f".{final.name}.partial-{os.getpid()}"
     _remove(tmp)
     tmp.mkdir()
     try:
-        save_weights(model, tmp / MODEL_NAME, {"step": str(state["step"])})
+        source.write(model, tmp, {"step": str(state["step"])})
         torch.save(state, tmp / OPTIMIZER_NAME)
-        for path in (tmp / MODEL_NAME, tmp / OPTIMIZER_NAME, tmp):
+        for path in (*sorted(tmp.iterdir()), tmp):
             _fsync_path(path)
         _rename_noreplace(tmp, final)
     except BaseException:
@@ -183,13 +241,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _publish(out: Path, ckpt: Path, config: GPTConfig) -> None:
-    """Make the checkpoint's model the run's model, then drop older checkpoints
-    and the leftovers of runs that died while writing."""
-    model = out / MODEL_NAME
-    if not (model.exists() and os.path.samefile(model, ckpt / MODEL_NAME)):
-        _replace(model, lambda tmp: _link_or_copy(ckpt / MODEL_NAME, tmp))
-    _replace(out / CONFIG_NAME, lambda tmp: tmp.write_text(config_json(config)))
+def _publish(out: Path, ckpt: Path) -> None:
+    """Make the checkpoint's model the run's model (every file but the
+    optimizer state, each replaced by a hard link in one rename), then drop
+    older checkpoints and the leftovers of runs that died while writing."""
+    for src in sorted(ckpt.iterdir()):
+        target = out / src.name
+        if src.name == OPTIMIZER_NAME or (target.exists() and os.path.samefile(target, src)):
+            continue
+        _replace(target, lambda tmp: _link_or_copy(src, tmp))
     _fsync_path(out)
     stale = [p for p in out.iterdir() if (CHECKPOINT.fullmatch(p.name) and p.is_dir() and p != ckpt)
              or ((m := LEFTOVER.fullmatch(p.name)) and not _pid_alive(int(m.group(2))))]
@@ -268,20 +328,31 @@ def evaluate(model: torch.nn.Module, tokens: torch.Tensor, c: TrainConfig, devic
     return dist.mean(sum(losses) / len(losses))
 
 
-def _initial_model(c: TrainConfig, vocab: int) -> GPT:
-    if c.init_from:
-        model = load(c.init_from)
-        if model.config.vocab_size != vocab:
-            raise WsConvertError(f"{c.init_from}: vocabulary {model.config.vocab_size} does not match the "
-                                 f"data's {vocab}")
-        return model
+def _new_model(c: TrainConfig, vocab: int, source: _Source) -> torch.nn.Module:
+    """A fresh μP model: of the family --arch names, or the bundled GPT."""
+    if c.arch:
+        return hf_model.build(c.arch, width=c.width, depth=c.depth, heads=c.heads, kv_heads=c.kv_heads or None,
+                              ffn=c.ffn or None, vocab=vocab, context=c.context, base_width=c.base_width,
+                              init_std=c.init_std, seed=c.seed, tokens=_special_tokens(source.tokenizer))
     try:
         config = GPTConfig(vocab_size=vocab, context=c.context, width=c.width, depth=c.depth, heads=c.heads,
-                           base_width=c.base_width, init_std=c.init_std)
+                           ffn=c.ffn, base_width=c.base_width, init_std=c.init_std)
     except ValueError as exc:
         raise WsConvertError(f"--width/--depth/--heads/--base-width: {exc}") from None
     torch.manual_seed(c.seed)
     return build(config)
+
+
+def _special_tokens(tokenizer: Path | None) -> dict:
+    """The special token ids a new family config takes from its tokenizer
+    (none for byte-level data, whose ids are the bytes)."""
+    names = ("bos_token_id", "eos_token_id", "pad_token_id")
+    if tokenizer is None:
+        return dict.fromkeys(names)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    return {n: getattr(tok, n) for n in names}
 
 
 def train(c: TrainConfig, progress=None) -> dict:
@@ -299,14 +370,25 @@ def train(c: TrainConfig, progress=None) -> dict:
 def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     from mup import MuAdamW
 
-    ds = data_mod.load(c.data)
     out = output_dir(c.out)
     latest = _check_out(out, c)
+    family = bool(c.arch) or bool(c.init_from and _is_family(Path(c.init_from)))
+    source = _Source(family, _tokenizer_dir(c, family))
+    model = None
     if latest:
-        model, state = _read_checkpoint(latest, device)
+        model, state = _read_checkpoint(latest, device, source)
         _check_resume(out, state["train"], c)
-    else:
-        model = _initial_model(c, ds.vocab_size)
+    elif c.init_from:
+        model = source.read(Path(c.init_from))
+    # a family's vocabulary decides whether byte data suits it; the bundled GPT's is the data's
+    ds = data_mod.load(c.data, tokenizer=source.tokenizer,
+                       vocab_size=model.config.vocab_size if model is not None and family else None)
+    if model is None:
+        model = _new_model(c, ds.vocab_size, source)
+    elif not latest and ((model.config.vocab_size < ds.vocab_size) if family
+                         else (model.config.vocab_size != ds.vocab_size)):
+        raise WsConvertError(f"{c.init_from}: vocabulary {model.config.vocab_size} does not hold the data's "
+                             f"{ds.vocab_size}")
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
     start, log = 0, []
@@ -331,8 +413,8 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
             return
         if step > start:  # else the run was finished: only its publishing may be missing
             latest = _write_checkpoint(out, model, {"optimizer": optimizer.state_dict(), "step": step,
-                                                    "train": asdict(c)})
-        _publish(out, latest, model.config)
+                                                    "train": asdict(c)}, source)
+        _publish(out, latest)
 
     t_last, tokens_since = time.perf_counter(), 0
     for step in range(start, c.steps):

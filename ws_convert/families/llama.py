@@ -12,7 +12,7 @@ LLAMA_KEYS = {
 
 # Llama's attention and MLP, which many families share under the same names.
 ATTENTION = """
-    self_attn.q_proj.weight   Q W   hidden@1
+    self_attn.q_proj.weight   Q W   hidden@1   zero=zero_query
     self_attn.k_proj.weight   KV W  hidden@1
     self_attn.v_proj.weight   KV W  hidden@1
     self_attn.q_proj.bias     Q     vector     optional
