@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,3 +147,69 @@ def test_what_cannot_train_is_one_line(tmp_path, text, tokenizer):
         p.unlink()
     with pytest.raises(WsConvertError, match="tokenizer"):
         train(TrainConfig(**TINY, steps=2, data=text, init_from=str(heads), out=str(tmp_path / "h")))
+
+
+def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) under torchrun: the CLI, or `script`."""
+    target = [str(script)] if script else ["-m", "ws_convert.cli", "train"]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *target, *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+
+
+FSDP_RUN = dict(TINY, arch="llama", kv_heads=2, steps=6, checkpoint_every=3)
+
+
+def cli_args(settings: dict) -> list[str]:
+    """The command line of `settings` (the CLI has no --eval-batches; it only changes held-out losses)."""
+    return [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if k not in ("eval_batches", "fsdp")]
+
+
+def test_fsdp_over_two_processes_matches_one(tmp_path, text, tokenizer):
+    """Sharded with FSDP2 across two processes, the run follows the single
+    process's losses (MuAdamW's per-parameter learning rates intact) and its
+    checkpoint is gathered into the same Hugging Face directory."""
+    settings = dict(FSDP_RUN, data=text, tokenizer=str(tokenizer))
+    single = train(TrainConfig(**settings, out=str(tmp_path / "one")))["log"]
+    done = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("done:") == 1
+    two = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in single], rel=1e-5)
+    a, b = load_hf(tmp_path / "one"), load_hf(tmp_path / "two")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    assert (tmp_path / "two" / "base_shapes.bsh").read_text() == (tmp_path / "one" / "base_shapes.bsh").read_text()
+
+
+def test_fsdp_run_resumes_exactly(tmp_path, text, tokenizer):
+    """Stopped on every rank after its step-3 checkpoint, then resumed: the
+    sharded optimizer state comes back and the losses are the uninterrupted
+    run's."""
+    settings = dict(FSDP_RUN, data=text, tokenizer=str(tokenizer), fsdp=True)
+    stop = tmp_path / "stop.py"
+    stop.write_text(f"""
+import ws_convert.data as data
+from ws_convert.train import TrainConfig, train
+batch = data.batch
+def stopping(*args, **kw):
+    if kw.get("step", args[4] if len(args) > 4 else None) == 4:
+        raise SystemExit(3)
+    return batch(*args, **kw)
+data.batch = stopping
+train(TrainConfig(**{settings!r}, out={str(tmp_path / 'b')!r}))
+""")
+    assert torchrun(script=stop).returncode != 0
+    assert (tmp_path / "b" / "checkpoint-3").is_dir()
+    resumed = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "b"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "a"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+              for d in ("a", "b")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+def test_fsdp_needs_torchrun(tmp_path, text):
+    with pytest.raises(WsConvertError, match="--fsdp shards across the processes of torchrun"):
+        train(TrainConfig(**TINY, data=text, fsdp=True, out=str(tmp_path / "run")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -302,6 +303,7 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--init-from", type=click.Path(exists=True), help="Start from this (grown) checkpoint.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--fsdp", is_flag=True, help="Under torchrun: shard parameters, gradients and optimizer state (FSDP2).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
@@ -331,6 +333,8 @@ def train(compile_: bool, **kw) -> None:
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process speaks for all
+        return
     click.echo(f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, held-out "
                f"{result['final_eval_loss']:.4f}; wrote {kw['out']}")
 

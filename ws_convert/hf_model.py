@@ -46,6 +46,9 @@ class CausalLM(nn.Module):
     def __init__(self, hf: nn.Module, arch: Architecture) -> None:
         super().__init__()
         self.hf, self.arch = hf, arch
+        # kept apart from the parameters, which sharding replaces by ones without mup's infshape
+        self.base_shapes = {n: list(p.infshape.base_shape()) for n, p in hf.named_parameters()}
+        self.readout = readout_name(hf)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=idx, use_cache=False).logits
@@ -281,18 +284,19 @@ def _mu_init(name: str, p: torch.Tensor, spec: Param | None, arch: Architecture,
         p.zero_()
 
 
-def write(model: CausalLM, directory: Path, metadata: dict[str, str]) -> None:
+def write(model: CausalLM, directory: Path, metadata: dict[str, str],
+          state: dict[str, torch.Tensor] | None = None) -> None:
     """config.json, model.safetensors (a tied readout stored once, as the
-    family does) and base_shapes.bsh into `directory`."""
+    family does) and base_shapes.bsh into `directory`; `state` (named as in
+    the wrapper, 'hf.' first) stands for the model's own where it is sharded."""
     from safetensors.torch import save_file
 
     from .plan import write_base_shapes
 
     hf = model.hf
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
-    skip = {readout_name(hf)} if tied else set()
-    state = {k: v.detach().contiguous().cpu() for k, v in hf.state_dict().items() if k not in skip}
+    state = {k.removeprefix("hf."): v for k, v in state.items()} if state is not None else hf.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items() if not (tied and k == model.readout)}
     save_file(state, directory / "model.safetensors", metadata={"format": "pt", **metadata})
     (directory / "config.json").write_text(hf.config.to_json_string())
-    base = {n: list(p.infshape.base_shape()) for n, p in hf.named_parameters()}
-    (directory / BASE_SHAPES_NAME).write_text(write_base_shapes(base))
+    (directory / BASE_SHAPES_NAME).write_text(write_base_shapes(model.base_shapes))

@@ -168,12 +168,14 @@ def config_json(c: GPTConfig) -> str:
     return json.dumps(c.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def save_weights(model: GPT, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-    """model.safetensors with the config (and `metadata`) in __metadata__."""
+def save_weights(model: GPT, path: str | Path, metadata: Mapping[str, str] | None = None,
+                 state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """model.safetensors with the config (and `metadata`) in __metadata__;
+    `state` stands for the model's own where it is sharded."""
     from safetensors.torch import save_file
 
     config = json.dumps(model.config.to_dict(), sort_keys=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
     save_file(state, path, metadata={"format": "pt", "config": config, **(metadata or {})})
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from . import hf_model
+from . import hf_model, sharding
 from .engine import side_files
 from .errors import CheckpointError, OutputError, WsConvertError
 from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
@@ -72,6 +72,7 @@ class TrainConfig:
     init_from: str | None = None
     device: str = "auto"
     compile: bool = False
+    fsdp: bool = False  # shard with FSDP2 across torchrun's processes (else DistributedDataParallel)
     seed: int = 0
     eval_every: int = 50
     eval_batches: int = 8
@@ -154,12 +155,14 @@ class _Source:
             return hf_model.load(path)
         return load(path / MODEL_NAME if path.is_dir() else path)
 
-    def write(self, model: torch.nn.Module, directory: Path, metadata: dict[str, str]) -> None:
+    def write(self, model: torch.nn.Module, directory: Path, metadata: dict[str, str],
+              state: dict | None = None) -> None:
+        """The model's files; `state` stands for its own state where it is sharded."""
         if not self.family:
-            save_weights(model, directory / MODEL_NAME, metadata)
+            save_weights(model, directory / MODEL_NAME, metadata, state)
             (directory / CONFIG_NAME).write_text(config_json(model.config))
             return
-        hf_model.write(model, directory, metadata)
+        hf_model.write(model, directory, metadata, state)
         if self.tokenizer is not None:
             for name in side_files(self.tokenizer)[0]:
                 shutil.copyfile(self.tokenizer / name, directory / name)
@@ -206,14 +209,15 @@ def _read_checkpoint(path: Path, device: torch.device, source: _Source) -> tuple
     return source.read(path), state
 
 
-def _write_checkpoint(out: Path, model: torch.nn.Module, state: dict, source: _Source) -> Path:
+def _write_checkpoint(out: Path, model: torch.nn.Module, state: dict, source: _Source,
+                      weights: dict | None = None) -> Path:
     """`out/checkpoint-N` (N = state["step"]), complete or not at all."""
     final = out / f"checkpoint-{state['step']}"
     tmp = out / f".{final.name}.partial-{os.getpid()}"
     _remove(tmp)
     tmp.mkdir()
     try:
-        source.write(model, tmp, {"step": str(state["step"])})
+        source.write(model, tmp, {"step": str(state["step"])}, weights)
         torch.save(state, tmp / OPTIMIZER_NAME)
         for path in (*sorted(tmp.iterdir()), tmp):
             _fsync_path(path)
@@ -282,6 +286,8 @@ class _Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self._owned = self.world > 1 and not torch.distributed.is_initialized()
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # FSDP places shards on the current device
         if self._owned:
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
@@ -362,6 +368,9 @@ def train(c: TrainConfig, progress=None) -> dict:
         raise WsConvertError(f"--schedule must be wsd or cosine, not {c.schedule!r}")
     if c.steps < 1:
         raise WsConvertError(f"--steps must be at least 1, not {c.steps}")
+    if c.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise WsConvertError("--fsdp shards across the processes of torchrun: run it as torchrun "
+                             "--nproc_per_node N -m ws_convert.cli train ... --fsdp")
     device = _device(c.device)
     with _Dist(device) as dist:
         return _train(c, progress, device, dist)
@@ -391,15 +400,20 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
                              f"{ds.vocab_size}")
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
+    net = model
+    if c.fsdp:
+        optimizer = sharding.shard(model, optimizer)
+    elif dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     start, log = 0, []
     if latest:
-        optimizer.load_state_dict(state["optimizer"])
+        if c.fsdp:
+            sharding.load_optimizer(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         lines = (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").is_file() else []
         log = [r for r in map(json.loads, filter(None, lines)) if r["step"] < start]
-    net = model
-    if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if c.compile:
         net = torch.compile(net)
     if dist.main:
@@ -409,12 +423,13 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
 
     def checkpoint(step: int) -> None:
         nonlocal latest
-        if not dist.main:
-            return
         if step > start:  # else the run was finished: only its publishing may be missing
-            latest = _write_checkpoint(out, model, {"optimizer": optimizer.state_dict(), "step": step,
-                                                    "train": asdict(c)}, source)
-        _publish(out, latest)
+            weights, opt_state = sharding.full_state(model, optimizer) if c.fsdp else (None, optimizer.state_dict())
+            if dist.main:
+                latest = _write_checkpoint(out, model, {"optimizer": opt_state, "step": step, "train": asdict(c)},
+                                           source, weights)
+        if dist.main:
+            _publish(out, latest)
 
     t_last, tokens_since = time.perf_counter(), 0
     for step in range(start, c.steps):
