@@ -213,3 +213,29 @@ train(TrainConfig(**{settings!r}, out={str(tmp_path / 'b')!r}))
 def test_fsdp_needs_torchrun(tmp_path, text):
     with pytest.raises(WsConvertError, match="--fsdp shards across the processes of torchrun"):
         train(TrainConfig(**TINY, data=text, fsdp=True, out=str(tmp_path / "run")))
+
+
+# Families whose attention takes its scale from head_dim itself (no `scaling` to set): widened heads are refused.
+FIXED_SCALE = {"gpt_neo", "falcon", "falcon-mq", "falcon-mha", "bloom"}
+
+
+@pytest.mark.parametrize("policy", ["heads", "head-dim"])
+@pytest.mark.parametrize("case", list(__import__("models").FAMILY_CASES))
+def test_every_grown_family_continues_or_is_refused_in_one_line(tmp_path, text, tokenizer, case, policy):
+    from click.testing import CliRunner
+
+    from models import family_model, perturbed
+    from ws_convert.cli import main
+
+    cls, config = family_model(case)
+    perturbed(cls(config)).save_pretrained(tmp_path / "src")
+    grow(tmp_path / "src", 64, head_policy=policy, out=tmp_path / "grown")
+    res = CliRunner().invoke(main, ["train", "--init-from", str(tmp_path / "grown"), "--tokenizer", str(tokenizer),
+                                    "--data", text, "--steps", "2", "--batch-size", "2", "--context", "8",
+                                    "--out", str(tmp_path / "run")])
+    if policy == "head-dim" and case in FIXED_SCALE:
+        assert res.exit_code == 2 and "computes its attention scale from head_dim" in res.output, res.output
+        assert len(res.output.splitlines()) == 1
+        return
+    assert res.exit_code == 0, (res.output, res.exception)
+    load_hf(tmp_path / "run")

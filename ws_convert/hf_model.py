@@ -37,6 +37,7 @@ def _transformers():
         raise WsConvertError("training a Hugging Face family needs the transformers package "
                              "(pip install transformers)") from None
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # the trainer shows its own progress
     return transformers
 
 
@@ -197,27 +198,34 @@ def load(directory: str | Path) -> CausalLM:
     if not bsh.is_file():
         raise CheckpointError(directory, f"no {BASE_SHAPES_NAME}: μP needs the base shapes (grow writes them)")
     base = read_base_shapes(bsh)
-    config = transformers.AutoConfig.from_pretrained(directory)
-    from .reader import open_checkpoint
-
-    with open_checkpoint(directory) as ckpt:
-        state = {n: ckpt.tensor(n).clone() for n in ckpt.tensors}
-    hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
+    # transformers' own loading: it knows the names a family's checkpoints use (GPT-NeoX's embed_out)
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                                 output_loading_info=True)
+    wrong = {k: info[k][:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    if wrong:
+        raise CheckpointError(directory, f"tensors do not match its {arch.name} model ({wrong})")
+    hf.train()
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
     _mu_readout(hf, tied)
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (tied and m == readout_name(hf))]
-    if missing or unexpected:
-        raise CheckpointError(directory, f"tensors do not match its {arch.name} model (missing {missing[:3]}, "
-                                         f"unexpected {unexpected[:3]})")
     if tied:
         base.pop(readout_name(hf), None)  # stored once, as the embedding
-    _infshapes(base, hf, str(bsh))
+    _infshapes(_renamed(base, {n for n, _ in hf.named_parameters()}), hf, str(bsh))
     head_dim = raw.get("head_dim") or size_of(raw, arch, "width") // size_of(raw, arch, "heads")
     base_hd = _base_head_dim(directory, raw, base, arch, head_dim)
     _attention_scale(hf, base_hd)
     hf.config.__dict__[BASE_HEAD_DIM_KEY] = base_hd
     return CausalLM(hf, arch)
+
+
+def _renamed(base: dict, names: set[str]) -> dict:
+    """Base shapes under the model's parameter names: a checkpoint may store
+    one tensor under another name (GPT-NeoX's embed_out for lm_head); a
+    single such pair is matched, anything more is left to be refused."""
+    extra, missing = set(base) - names, names - set(base)
+    if len(extra) == 1 and len(missing) == 1:
+        base = dict(base)
+        base[missing.pop()] = base.pop(extra.pop())
+    return base
 
 
 def readout_name(hf: nn.Module) -> str:
