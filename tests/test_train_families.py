@@ -239,3 +239,39 @@ def test_every_grown_family_continues_or_is_refused_in_one_line(tmp_path, text, 
         return
     assert res.exit_code == 0, (res.output, res.exception)
     load_hf(tmp_path / "run")
+
+
+def test_a_family_model_is_really_mup():
+    """mup's coordinate check on a Llama built by the trainer: after a few
+    steps at one learning rate, the last MLP's output does not grow with
+    width under MuAdamW, while plain AdamW (the control) lets it grow
+    hundreds of times over the same widths."""
+    from mup import MuAdamW
+
+    from ws_convert.data import batch
+
+    tokens = torch.randint(0, 256, (20000,), generator=torch.Generator().manual_seed(0))
+
+    def mlp_size(width: int, optimizer) -> float:
+        model = hf_model.build("llama", width=width, depth=2, heads=width // 16, kv_heads=None, ffn=None, vocab=256,
+                               context=32, base_width=32, init_std=0.02, seed=0)
+        with torch.no_grad():  # a readout that is not zero, so every layer learns from the first step
+            model.hf.get_output_embeddings().weight.normal_(0, 0.02)
+        out = {}
+        model.hf.model.layers[-1].mlp.register_forward_hook(lambda m, i, o: out.__setitem__("mlp", o))
+        opt = optimizer(model.parameters(), lr=3e-2, betas=(0.9, 0.95))
+        for step in range(8):
+            x, y = batch(tokens, 8, 32, seed=0, step=step)
+            loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model(batch(tokens, 8, 32, seed=0, step=99)[0])
+        return out["mlp"].abs().mean().item()
+
+    widths = (32, 128, 512)
+    mu = [mlp_size(w, MuAdamW) for w in widths]
+    sp = [mlp_size(w, torch.optim.AdamW) for w in widths]
+    assert max(mu) / mu[0] < 2.0, mu  # 16x the width, no growth
+    assert sp[-1] / sp[0] > 50, sp
