@@ -74,6 +74,8 @@ FAMILY_CASES = {
         hidden_size=32, ffn_dim=48, num_attention_heads=4, num_hidden_layers=2, vocab_size=61,
         max_position_embeddings=24, word_embed_proj_dim=16, pad_token_id=0)),
     "bloom": ("BloomForCausalLM", "BloomConfig", dict(hidden_size=32, n_head=4, n_layer=2, vocab_size=61)),
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(_LLAMA_LIKE, num_local_experts=3, num_experts_per_tok=2)),
+    "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", dict(_LLAMA_LIKE, num_experts=3, num_experts_per_tok=2)),
 }
 
 

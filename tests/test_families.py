@@ -20,9 +20,11 @@ from ws_convert.cli import main
 
 W, TO = 32, 64
 # Families whose function zero-padding cannot keep by their nature, and what plan says about it.
-CAVEATS = {"bloom": "ALiBi slopes", "olmo2": "over all heads at once", "gemma": "sqrt(hidden_size)",
+CAVEATS = {"bloom": "ALiBi slopes", "olmo2": "over all heads at once", "olmoe": "over all heads at once",
+           "gemma": "sqrt(hidden_size)",
            "gemma2": "sqrt(hidden_size)", "gemma3_text": "sqrt(hidden_size)"}
 MULTI_QUERY = {"falcon-mq", "gpt_bigcode"}
+MIXTURES = {"mixtral", "olmoe"}
 
 
 def cli(*args: object) -> str:
@@ -43,6 +45,8 @@ def source(request, tmp_path_factory) -> tuple[str, Path]:
 def load(case: str, directory: Path, **kw):
     """The family's model from `directory` in float64; every key must match."""
     cls = family_model(case)[0]
+    if case in MIXTURES:  # the grouped kernels take no float64
+        kw["experts_implementation"] = "eager"
     model, info = cls.from_pretrained(directory, output_loading_info=True, dtype=torch.float64, **kw)
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     return model.eval()
@@ -221,3 +225,25 @@ def test_an_unknown_model_type_names_what_to_give(tmp_path):
     from test_plan_input import refused
     path = saved(tmp_path, "llama", model_type="llama9")
     refused(["plan", path, "--to-width", TO], "model_type 'llama9'", "--arch generic")
+
+
+@pytest.mark.parametrize("case", sorted(MIXTURES))
+def test_every_expert_grows_with_its_own_noise(tmp_path, case):
+    """The router grows along the width only and keeps its experts; the
+    expert count and top-k stay; every expert draws its own noise."""
+    cls, config = family_model(case)
+    perturbed(cls(config)).save_pretrained(tmp_path / "src")
+    cli("grow", tmp_path / "src", "--to-width", TO, "--shrink", 0, "-o", tmp_path / "out", "-q")
+    grown = json.loads((tmp_path / "out" / "config.json").read_text())
+    experts_key = "num_local_experts" if case == "mixtral" else "num_experts"
+    assert grown[experts_key] == 3 and grown["num_experts_per_tok"] == 2
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        names = sorted(n for n in f.keys() if ".layers.0." in n and ".experts." in n)
+        assert len(names) == 3 * 3
+        experts = [torch.cat([f.get_tensor(n).flatten() for n in names if f".experts.{e}." in n]) for e in range(3)]
+        router = next(f.get_tensor(n) for n in f.keys() if ".layers.0." in n and n.endswith("gate.weight")
+                      and ".experts." not in n)
+    assert router.shape == (3, TO)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.equal(experts[a], experts[b])

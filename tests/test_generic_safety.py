@@ -184,6 +184,8 @@ EXPECTED = {  # case: (as given, with whole heads)
     "gpt_bigcode-mha": ("tensor 'transformer.h.0.attn.c_attn.bias'",) * 2,
     "opt": ("tensor 'model.decoder.embed_positions.weight' [26, 32]",) * 2,  # 2 rows past the context
     "bloom": ("tensor 'transformer.h.0.mlp.dense_4h_to_h.weight'",) * 2,  # 4 x width, and fused heads
+    "mixtral": (KV, "tensor 'model.layers.0.block_sparse_moe.gate.weight' [3, 32]"),  # a router
+    "olmoe": (KV, "tensor 'model.layers.0.mlp.gate.weight' [3, 32]"),
 }
 
 

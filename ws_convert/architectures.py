@@ -12,12 +12,14 @@ A family file writes its tensors as a table, one tensor a line:
 name, then one token per axis, then the μP role (`@k`: axis k is fan-in),
 then `optional` where the tensor may be absent and `zero=KEY` where the
 model initialises it to zero when its config's KEY is true (the bundled
-GPT's zero query), so growth adds no noise there either. An axis token is a kind
-(W width, F ffn, Q heads x head_dim, KV kv-heads x head_dim, HD head_dim,
-NH and NKV the head and kv-head counts, V vocab, C context, E the embedding projection, X fixed),
-kinds side by side (`Q+KV+KV`: [q | k | v]), or blocks repeated per head or
-per kv head (`Q:Q+KV+KV`: for each head its q, k and v; `KV:Q+KV+KV`: for
-each kv head its group of q heads, then k and v).
+GPT's zero query), so growth adds no noise there either. A name holding
+`{e}` is one tensor per expert of a mixture of experts. An axis token is a
+kind (W width, F ffn, Q heads x head_dim, KV kv-heads x head_dim, HD
+head_dim, NH and NKV the head and kv-head counts, NE the expert count, V
+vocab, C context, E the embedding projection, X fixed), kinds side by side
+(`Q+KV+KV`: [q | k | v]), or blocks repeated per head or per kv head
+(`Q:Q+KV+KV`: for each head its q, k and v; `KV:Q+KV+KV`: for each kv head
+its group of q heads, then k and v).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Kind(str, Enum):
     HEAD = "head"  # head_dim
     HEADS = "heads"  # the head count
     KV_HEADS = "kv_heads"  # the kv-head count
+    EXPERTS = "experts"  # a mixture of experts' expert count (a router's output axis)
     EMBED = "embed"  # a token embedding narrower than the width, projected in and out (OPT)
     VOCAB = "vocab"
     CTX = "ctx"
@@ -71,7 +74,7 @@ class Interleaved:
 Axis = Kind | tuple[Kind, ...] | Interleaved
 
 KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "Q": Kind.Q, "KV": Kind.KV, "HD": Kind.HEAD, "NH": Kind.HEADS,
-               "NKV": Kind.KV_HEADS, "E": Kind.EMBED, "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
+               "NKV": Kind.KV_HEADS, "NE": Kind.EXPERTS, "E": Kind.EMBED, "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ def family(config: dict, where: str) -> Architecture:
     if arch is None:
         raise CheckpointError(where, f"model_type {config.get('model_type')!r} is not a family ws-convert trains "
                                      "(the natively grown ones: see ws-convert grow --help)")
+    if "experts" in arch.keys:
+        raise CheckpointError(where, f"{arch.name} is a mixture of experts, which ws-convert grows but does not "
+                                     "train yet (its routers need μP's readout treatment)")
     return arch
 
 

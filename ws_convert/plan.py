@@ -70,11 +70,12 @@ class Sizes:
     ctx: int | None = None
     embed: int | None = None  # a token embedding narrower than the width (OPT's word_embed_proj_dim)
     rotary_dim: int = 0  # dims of each head that rotary positions turn (0: none)
+    experts: int = 0  # a mixture of experts' expert count (kept)
 
     def of(self, kind: Kind) -> int | None:
         return {Kind.WIDTH: self.width, Kind.FFN: self.ffn, Kind.Q: self.heads * self.head_dim,
                 Kind.KV: self.kv_heads * self.head_dim, Kind.HEAD: self.head_dim, Kind.HEADS: self.heads,
-                Kind.KV_HEADS: self.kv_heads, Kind.EMBED: self.embed, Kind.VOCAB: self.vocab,
+                Kind.KV_HEADS: self.kv_heads, Kind.EXPERTS: self.experts, Kind.EMBED: self.embed, Kind.VOCAB: self.vocab,
                 Kind.CTX: self.ctx}.get(kind)
 
     def units(self, kind: Kind) -> int:
@@ -370,7 +371,7 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
     if arch.ffn_default:
         derive("ffn", arch.ffn_default * width, f"{origin['width']} (ffn {arch.ffn_default} x width)")
     elif "ffn" not in value:
-        up = next(p for p in arch.blocks if p.axes and p.axes[0] == Kind.FFN)
+        up = next(p for p in layer_params(arch, 1) if p.axes and p.axes[0] == Kind.FFN)
         name = arch.layer.format(p=prefix, i=0) + up.name
         if name not in source.tensors:
             raise PlanError(f"{source.path}: missing tensor '{name}'")
@@ -378,8 +379,11 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
     positive("ffn")
     if "embed" in arch.keys:
         derive("embed", width, origin["width"])
+    if "experts" in arch.keys and "experts" not in value:
+        raise PlanError(f"{source.config_name}: no expert count ('{arch.keys['experts'][-1]}'), which a {arch.name} "
+                        "model needs")
     sizes = Sizes(width, value["ffn"], heads, value["kv_heads"], value["head_dim"], layers, value["vocab"],
-                  value.get("ctx"), value.get("embed"), rotary_dim)
+                  value.get("ctx"), value.get("embed"), rotary_dim, value.get("experts", 0))
     return sizes, origin
 
 
@@ -413,14 +417,20 @@ def _rotary_dim(arch: Architecture, source: Source, head_dim: int, origin: str) 
     return dims
 
 
-def _arch_params(arch: Architecture, prefix: str, layers: int) -> list[tuple[Param, str]]:
+def layer_params(arch: Architecture, experts: int) -> list[Param]:
+    """A layer's tensors, each per-expert row ('{e}') once for every expert."""
+    return [replace(p, name=p.name.replace("{e}", str(e))) if "{e}" in p.name else p
+            for p in arch.blocks for e in (range(experts) if "{e}" in p.name else (0,))]
+
+
+def _arch_params(arch: Architecture, prefix: str, layers: int, experts: int) -> list[tuple[Param, str]]:
     return [(p, p.name.format(p=prefix)) for p in arch.globals] + [
-        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in arch.blocks]
+        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in layer_params(arch, experts)]
 
 
 def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes, origin: dict[str, str]) -> None:
     """Every tensor of the architecture in `source` has the shape `sizes` give it."""
-    for p, name in _arch_params(arch, prefix, sizes.layers):
+    for p, name in _arch_params(arch, prefix, sizes.layers, sizes.experts):
         if name not in source.tensors:
             continue
         actual = source.tensors[name][1]
@@ -510,7 +520,7 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
                         f"({src.embed} at width {w}), not a whole number")
     rotary = src.rotary_dim if o.head_policy == "heads" else src.rotary_dim * w2 // w
     return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx,
-                 None if embed is None else int(embed), rotary)
+                 None if embed is None else int(embed), rotary, src.experts)
 
 
 def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]:
@@ -766,8 +776,9 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             wanted.append((p, full(p, None), full(p, None)))
         elif not p.optional:
             raise PlanError(f"{source.path}: missing tensor '{full(p, None)}' of a {arch.name} checkpoint")
+    blocks = layer_params(arch, src.experts)
     for j, s in enumerate(sources):
-        for p in arch.blocks:
+        for p in blocks:
             # a buffer is no parameter to initialise: a new layer copies layer 0's
             s_p = 0 if s is None and p.role == Role.BUFFER else s
             present = full(p, s_p if s_p is not None else 0) in source.tensors
@@ -775,7 +786,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                 raise PlanError(f"{source.path}: missing tensor '{full(p, s_p if s_p is not None else 0)}'")
             if present:
                 wanted.append((p, full(p, j), full(p, s_p) if s_p is not None else None))
-    known = {name for _, name in _arch_params(arch, prefix, src.layers)}
+    known = {name for _, name in _arch_params(arch, prefix, src.layers, src.experts)}
     unknown = sorted(set(source.tensors) - known)
     if unknown:
         raise PlanError(f"{source.path}: tensor '{unknown[0]}' is not part of a {arch.name} model "
@@ -881,7 +892,8 @@ def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Size
         return None
     out = dict(config)
     values = {"width": dst.width, "ffn": dst.ffn, "heads": dst.heads, "kv_heads": dst.kv_heads,
-              "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx, "embed": dst.embed}
+              "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx, "embed": dst.embed,
+              "experts": dst.experts}
     for size, keys in arch.keys.items():
         if values.get(size) is None:
             continue

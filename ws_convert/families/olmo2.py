@@ -4,8 +4,8 @@ heads at once (so their gains grow with the width)."""
 from ..architectures import Caveat, tensors
 from .llama import ATTENTION, LLAMA, MLP
 
-QK_NORM = Caveat("width", "OLMo 2 normalises q and k over all heads at once, so the grown heads change how the old "
-                          "ones are normalised: zero-padding cannot keep the function")
+QK_NORM = Caveat("width", "q and k are normalised over all heads at once (OLMo 2, OLMoE), so the grown heads change "
+                          "how the old ones are normalised: zero-padding cannot keep the function")
 
 ARCHITECTURES = (LLAMA.variant(
     name="olmo2", model_types=("olmo2",), classes=("Olmo2ForCausalLM",), aliases=(), caveats=(QK_NORM,),
