@@ -76,6 +76,11 @@ FAMILY_CASES = {
     "bloom": ("BloomForCausalLM", "BloomConfig", dict(hidden_size=32, n_head=4, n_layer=2, vocab_size=61)),
     "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(_LLAMA_LIKE, num_local_experts=3, num_experts_per_tok=2)),
     "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", dict(_LLAMA_LIKE, num_experts=3, num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(
+        _LLAMA_LIKE, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=24,
+        shared_expert_intermediate_size=40, mlp_only_layers=[1])),  # layer 1 dense
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(
+        _LLAMA_LIKE, head_dim=8, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=24)),
 }
 
 

@@ -24,7 +24,7 @@ CAVEATS = {"bloom": "ALiBi slopes", "olmo2": "over all heads at once", "olmoe": 
            "gemma": "sqrt(hidden_size)",
            "gemma2": "sqrt(hidden_size)", "gemma3_text": "sqrt(hidden_size)"}
 MULTI_QUERY = {"falcon-mq", "gpt_bigcode"}
-MIXTURES = {"mixtral", "olmoe"}
+MIXTURES = {"mixtral", "olmoe", "qwen2_moe", "qwen3_moe"}
 
 
 def cli(*args: object) -> str:
@@ -235,7 +235,7 @@ def test_every_expert_grows_with_its_own_noise(tmp_path, case):
     perturbed(cls(config)).save_pretrained(tmp_path / "src")
     cli("grow", tmp_path / "src", "--to-width", TO, "--shrink", 0, "-o", tmp_path / "out", "-q")
     grown = json.loads((tmp_path / "out" / "config.json").read_text())
-    experts_key = "num_local_experts" if case == "mixtral" else "num_experts"
+    experts_key = next(k for k in ("num_local_experts", "num_experts") if k in grown)
     assert grown[experts_key] == 3 and grown["num_experts_per_tok"] == 2
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
         names = sorted(n for n in f.keys() if ".layers.0." in n and ".experts." in n)
@@ -247,3 +247,15 @@ def test_every_expert_grows_with_its_own_noise(tmp_path, case):
     for a in range(3):
         for b in range(a + 1, 3):
             assert not torch.equal(experts[a], experts[b])
+
+
+@pytest.mark.parametrize("policy,dense", [("stack", [1, 3]), ("interleave", [2, 3]), ("init", [1])])
+def test_dense_layers_of_a_mixture_follow_their_source_layers(tmp_path, policy, dense):
+    """Qwen2-MoE's layer 1 is a dense MLP: grown deeper, the layers filled
+    from it are dense too (new layers of pure init take layer 0's form)."""
+    cls, config = family_model("qwen2_moe")
+    perturbed(cls(config)).save_pretrained(tmp_path / "src")
+    cli("grow", tmp_path / "src", "--to-depth", 4, "--depth-policy", policy, "-o", tmp_path / "out", "-q")
+    grown = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert grown["mlp_only_layers"] == dense and grown["decoder_sparse_step"] == 1
+    load("qwen2_moe", tmp_path / "out")

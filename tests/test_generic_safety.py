@@ -186,6 +186,8 @@ EXPECTED = {  # case: (as given, with whole heads)
     "bloom": ("tensor 'transformer.h.0.mlp.dense_4h_to_h.weight'",) * 2,  # 4 x width, and fused heads
     "mixtral": (KV, "tensor 'model.layers.0.block_sparse_moe.gate.weight' [3, 32]"),  # a router
     "olmoe": (KV, "tensor 'model.layers.0.mlp.gate.weight' [3, 32]"),
+    "qwen2_moe": (KV, "tensor 'model.layers.0.mlp.gate.weight' [3, 32]"),
+    "qwen3_moe": (KV, "tensor 'model.layers.0.mlp.gate.weight' [3, 32]"),
 }
 
 

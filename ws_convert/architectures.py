@@ -14,7 +14,7 @@ then `optional` where the tensor may be absent and `zero=KEY` where the
 model initialises it to zero when its config's KEY is true (the bundled
 GPT's zero query), so growth adds no noise there either. A name holding
 `{e}` is one tensor per expert of a mixture of experts. An axis token is a
-kind (W width, F ffn, Q heads x head_dim, KV kv-heads x head_dim, HD
+kind (W width, F ffn, MF and SF a routed and a shared expert's ffn, Q heads x head_dim, KV kv-heads x head_dim, HD
 head_dim, NH and NKV the head and kv-head counts, NE the expert count, V
 vocab, C context, E the embedding projection, X fixed), kinds side by side
 (`Q+KV+KV`: [q | k | v]), or blocks repeated per head or per kv head
@@ -30,12 +30,14 @@ from enum import Enum
 
 
 class Kind(str, Enum):
-    """What an axis measures. WIDTH, FFN, Q, KV and EMBED grow with width
+    """What an axis measures. WIDTH, the FFNs, Q, KV and EMBED grow with width
     (μP-infinite); HEAD (head_dim alone) grows only under the head-dim
     policy, HEADS (the head count) only under the heads policy."""
 
     WIDTH = "width"
     FFN = "ffn"
+    MOE_FFN = "moe_ffn"  # each routed expert's MLP size, where it differs from the dense one (Qwen MoE)
+    SHARED_FFN = "shared_ffn"  # a shared expert's MLP size
     Q = "q"  # heads x head_dim
     KV = "kv"  # kv-heads x head_dim
     HEAD = "head"  # head_dim
@@ -73,7 +75,7 @@ class Interleaved:
 # An axis is one kind, several kinds side by side (GPT-2's c_attn is [q | k | v]), or interleaved per unit.
 Axis = Kind | tuple[Kind, ...] | Interleaved
 
-KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "Q": Kind.Q, "KV": Kind.KV, "HD": Kind.HEAD, "NH": Kind.HEADS,
+KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "MF": Kind.MOE_FFN, "SF": Kind.SHARED_FFN, "Q": Kind.Q, "KV": Kind.KV, "HD": Kind.HEAD, "NH": Kind.HEADS,
                "NKV": Kind.KV_HEADS, "NE": Kind.EXPERTS, "E": Kind.EMBED, "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
 
 
@@ -122,6 +124,8 @@ class Architecture:
     aliases: tuple[str, ...] = ()
     per_layer: tuple[str, ...] = ()  # config keys holding a list with one entry per layer
     per_layer_runs: tuple[str, ...] = ()  # config keys holding the same as [[entries, repeat], ...] runs
+    # (list of dense layer indices, sparse step) config keys of a mixture of experts whose layers may be dense
+    dense_layers: tuple[str, str] | None = None
     norm_offset: float = 0.0  # norm gains are stored as gain - norm_offset (Gemma: 1 + w)
     fixed: Mapping[str, int] = field(default_factory=dict)  # sizes this layout fixes (multi-query: kv_heads 1)
     when: Mapping[str, object] = field(default_factory=dict)  # config values selecting this layout

@@ -21,7 +21,7 @@ from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 
-INFINITE = {Kind.WIDTH, Kind.FFN, Kind.Q, Kind.KV, Kind.EMBED}
+INFINITE = {Kind.WIDTH, Kind.FFN, Kind.MOE_FFN, Kind.SHARED_FFN, Kind.Q, Kind.KV, Kind.EMBED}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
 HEAD_POLICIES = ("heads", "head-dim")
 DEPTH_POLICIES = ("stack", "interleave", "init")
@@ -71,9 +71,12 @@ class Sizes:
     embed: int | None = None  # a token embedding narrower than the width (OPT's word_embed_proj_dim)
     rotary_dim: int = 0  # dims of each head that rotary positions turn (0: none)
     experts: int = 0  # a mixture of experts' expert count (kept)
+    moe_ffn: int = 0  # a routed expert's MLP size where the family has its own key for it (0: none)
+    shared_ffn: int = 0  # a shared expert's MLP size (0: none)
 
     def of(self, kind: Kind) -> int | None:
-        return {Kind.WIDTH: self.width, Kind.FFN: self.ffn, Kind.Q: self.heads * self.head_dim,
+        return {Kind.WIDTH: self.width, Kind.FFN: self.ffn, Kind.MOE_FFN: self.moe_ffn or None,
+                Kind.SHARED_FFN: self.shared_ffn or None, Kind.Q: self.heads * self.head_dim,
                 Kind.KV: self.kv_heads * self.head_dim, Kind.HEAD: self.head_dim, Kind.HEADS: self.heads,
                 Kind.KV_HEADS: self.kv_heads, Kind.EXPERTS: self.experts, Kind.EMBED: self.embed, Kind.VOCAB: self.vocab,
                 Kind.CTX: self.ctx}.get(kind)
@@ -383,7 +386,8 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
         raise PlanError(f"{source.config_name}: no expert count ('{arch.keys['experts'][-1]}'), which a {arch.name} "
                         "model needs")
     sizes = Sizes(width, value["ffn"], heads, value["kv_heads"], value["head_dim"], layers, value["vocab"],
-                  value.get("ctx"), value.get("embed"), rotary_dim, value.get("experts", 0))
+                  value.get("ctx"), value.get("embed"), rotary_dim, value.get("experts", 0), value.get("moe_ffn", 0),
+                  value.get("shared_ffn", 0))
     return sizes, origin
 
 
@@ -514,13 +518,19 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     if o.depth_policy in ("stack", "interleave") and layers % src.layers:
         raise PlanError(f"--depth-policy {o.depth_policy} repeats the {src.layers} source layers, so "
                         f"--to-depth must be a multiple of {src.layers} (got {layers}); or use init")
+    experts_ffn = {}
+    for size in ("moe_ffn", "shared_ffn"):  # an expert's MLP grows like the dense one
+        value = Fraction(getattr(src, size) * w2, w)
+        if not _whole(value):
+            raise PlanError(f"{size} {getattr(src, size)} does not scale to a whole size at width {w2}")
+        experts_ffn[size] = int(value)
     embed = src.embed and Fraction(src.embed * w2, w)
     if embed is not None and not _whole(embed):
         raise PlanError(f"--to-width {w2} would give the embedding projection {float(embed):g} dims "
                         f"({src.embed} at width {w}), not a whole number")
     rotary = src.rotary_dim if o.head_policy == "heads" else src.rotary_dim * w2 // w
     return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx,
-                 None if embed is None else int(embed), rotary, src.experts)
+                 None if embed is None else int(embed), rotary, src.experts, **experts_ffn)
 
 
 def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]:
@@ -893,7 +903,7 @@ def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Size
     out = dict(config)
     values = {"width": dst.width, "ffn": dst.ffn, "heads": dst.heads, "kv_heads": dst.kv_heads,
               "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx, "embed": dst.embed,
-              "experts": dst.experts}
+              "experts": dst.experts, "moe_ffn": dst.moe_ffn, "shared_ffn": dst.shared_ffn}
     for size, keys in arch.keys.items():
         if values.get(size) is None:
             continue
@@ -912,6 +922,12 @@ def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Size
             out[key] = [[follow(expand_runs(out[key])), 1]]
     if arch.rotary_dim_key and out.get(arch.rotary_dim_key) is not None:
         out[arch.rotary_dim_key] = dst.rotary_dim
+    if arch.dense_layers and dst.layers != src.layers:
+        # a new layer is dense where its source layer is (a new layer of pure init takes layer 0's form)
+        listed, step = arch.dense_layers
+        dense = {i for i in range(src.layers) if i in (out.get(listed) or []) or (i + 1) % (out.get(step) or 1)}
+        out[listed] = [j for j, s in enumerate(sources) if (0 if s is None else s) in dense]
+        out[step] = 1
     return out
 
 
