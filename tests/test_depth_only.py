@@ -72,7 +72,7 @@ def test_nothing_to_grow_is_one_line(source, args):
 
 def test_neither_target_given_is_refused(source):
     res = _run("plan", source)
-    assert res.exit_code == 2 and "give --to-width, --to-depth or both" in res.output, res.output
+    assert res.exit_code == 2 and "give --to-width, --to-depth, --to-experts or several" in res.output, res.output
 
 
 def test_a_smaller_width_is_refused(source):

@@ -126,6 +126,13 @@ class Architecture:
     per_layer_runs: tuple[str, ...] = ()  # config keys holding the same as [[entries, repeat], ...] runs
     # (list of dense layer indices, sparse step) config keys of a mixture of experts whose layers may be dense
     dense_layers: tuple[str, str] | None = None
+    # Upcycling into this mixture of experts: the dense model_types it takes, the dense row each expert
+    # row starts from, the rows that start at their init (routers, a shared expert), and the config
+    # values an upcycled model needs.
+    upcycles: tuple[str, ...] = ()
+    dense_rows: Mapping[str, str] = field(default_factory=dict)
+    upcycle_init: tuple[str, ...] = ()
+    upcycle_config: Mapping[str, object] = field(default_factory=dict)
     norm_offset: float = 0.0  # norm gains are stored as gain - norm_offset (Gemma: 1 + w)
     fixed: Mapping[str, int] = field(default_factory=dict)  # sizes this layout fixes (multi-query: kv_heads 1)
     when: Mapping[str, object] = field(default_factory=dict)  # config values selecting this layout

@@ -54,6 +54,10 @@ def growth_options(fn):
                      help="Target width (d_model; default: the source width, growing only --to-depth)."),
         click.option("--to-depth", type=click.IntRange(1), help="Target number of layers."),
         click.option("--to-ffn", type=click.IntRange(1), help="Target MLP size (default: scales with width)."),
+        click.option("--to-experts", type=click.IntRange(2),
+                     help="Upcycle a dense model into its family's mixture of experts with this many experts."),
+        click.option("--experts-top-k", type=click.IntRange(1), default=2, show_default=True,
+                     help="Experts each token is routed to (with --to-experts)."),
         click.option("--head-policy", type=click.Choice(HEAD_POLICIES), default="heads", show_default=True,
                      help="Add heads (keep head_dim) or widen each head."),
         click.option("--depth-policy", type=click.Choice(DEPTH_POLICIES), default="stack", show_default=True),
@@ -76,7 +80,7 @@ def growth_options(fn):
 def growth_kwargs(kw: dict) -> dict:
     """GrowthOptions fields from click's parameters."""
     keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "shrink", "perturb", "norms", "seed",
-            "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads")
+            "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads", "to_experts", "experts_top_k")
     return {k: kw[k] for k in keys}
 
 

@@ -105,6 +105,8 @@ class GrowthOptions:
     arch: str | None = None
     num_heads: int | None = None
     num_kv_heads: int | None = None
+    to_experts: int | None = None  # upcycle a dense model into its family's mixture of experts
+    experts_top_k: int = 2
 
 
 @dataclass
@@ -474,7 +476,7 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     layers = o.to_depth or src.layers
     if w2 < w:
         raise PlanError(f"--to-width {w2} is smaller than the source width {w}")
-    if w2 == w and layers == src.layers:
+    if w2 == w and layers == src.layers and o.to_experts is None:
         raise PlanError(f"nothing to grow: the target has the source's width {w} and depth {src.layers}; "
                         "give a larger --to-width or --to-depth")
     if o.head_policy not in HEAD_POLICIES:
@@ -689,6 +691,7 @@ def output_dtype(src_dtype: str, option: str) -> str:
 def _check_options(o: GrowthOptions) -> None:
     """Knobs a plan can be made of: whole sizes an output can have, finite scales."""
     for flag, value, most in (("--to-width", o.to_width, MAX_DIM), ("--to-ffn", o.to_ffn, MAX_DIM),
+                              ("--to-experts", o.to_experts, MAX_LAYERS),
                               ("--to-depth", o.to_depth, MAX_LAYERS), ("--num-heads", o.num_heads, MAX_DIM),
                               ("--num-kv-heads", o.num_kv_heads, MAX_DIM)):
         if value is None:
@@ -697,8 +700,10 @@ def _check_options(o: GrowthOptions) -> None:
             raise PlanError(f"{flag} must be a positive whole number, not {shown(value)}")
         if value > most:
             raise PlanError(f"{flag} {shown(value)} is beyond the largest that can be written ({most})")
-    if o.to_width is None and o.to_depth is None:
-        raise PlanError("give --to-width, --to-depth or both")
+    if o.to_width is None and o.to_depth is None and o.to_experts is None:
+        raise PlanError("give --to-width, --to-depth, --to-experts or several")
+    if o.to_experts is not None and not 0 < o.experts_top_k <= o.to_experts:
+        raise PlanError(f"--experts-top-k {shown(o.experts_top_k)} must be from 1 to the --to-experts {o.to_experts}")
     if type(o.seed) is not int or not 0 <= o.seed < 2**64:
         raise PlanError(f"--seed must be a whole number from 0 to 2**64 - 1, not {shown(o.seed)}")
     for flag, value in (("--shrink", o.shrink), ("--perturb", o.perturb), ("--init-std", o.init_std)):
@@ -758,6 +763,9 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     if arch is None:
         from .generic import plan_generic
         plan = plan_generic(source, options, base_file, base_shapes_file)
+    elif options.to_experts:
+        from .upcycle import plan_upcycle
+        plan = plan_upcycle(arch, prefix, source, options, base_file, base_shapes_file)
     else:
         plan = _plan_arch(arch, prefix, source, options, base_file, base_shapes_file)
         _check_grown_config(arch, prefix, source, plan)
@@ -766,7 +774,10 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
 
 
 def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthOptions,
-               base_file: Mapping[str, object] | None, base_shapes_file: str | Path | None) -> Plan:
+               base_file: Mapping[str, object] | None, base_shapes_file: str | Path | None,
+               created: frozenset[str] = frozenset()) -> Plan:
+    """The plan of a family model; the layer rows in `created` have no source
+    and start at the init in every layer (an upcycled model's routers)."""
     src = source_sizes(arch, prefix, source, options)
     dst = target_sizes(src, options, arch)
     policy = options.head_policy
@@ -791,6 +802,9 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
         for p in blocks:
             # a buffer is no parameter to initialise: a new layer copies layer 0's
             s_p = 0 if s is None and p.role == Role.BUFFER else s
+            if p.name in created:
+                wanted.append((p, full(p, j), None))
+                continue
             present = full(p, s_p if s_p is not None else 0) in source.tensors
             if not present and not p.optional:
                 raise PlanError(f"{source.path}: missing tensor '{full(p, s_p if s_p is not None else 0)}'")
@@ -805,8 +819,13 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     tensors, base_shapes = [], {}
     readout, embedding = (n.format(p=prefix) for n in arch.tied) if arch.tied else (None, None)
     for p, name, src_name in wanted:
-        # a new layer's tensor has the shape of layer 0's (source_sizes checked it)
-        dtype, src_shape = source.tensors[src_name or full(p, 0)]
+        # a new layer's tensor has the shape of layer 0's (source_sizes checked it); a created one, its
+        # sizes', a fixed axis being one unit (a gate's)
+        if p.name in created:
+            dtype, src_shape = source.tensors[arch.globals[0].name.format(p=prefix)][0], tuple(
+                axis_size(a, src) or 1 for a in p.axes)
+        else:
+            dtype, src_shape = source.tensors[src_name or full(p, 0)]
         sized = [axis_size(a, src) is not None for a in p.axes]
         shape = tuple(axis_size(a, dst) if has else src_shape[k] for k, (a, has) in enumerate(zip(p.axes, sized)))
         maps = tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
@@ -837,7 +856,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             init = Constant(perturb * init.value - off, on_source=perturb * init.source_value + (shrink - 1) * off)
             perturb, note = 1.0, note or f"stored as gain - {off:g}"
         if src_name is None:
-            note = "new layer, pure init"
+            note = "pure init" if p.name in created else "new layer, pure init"
         elif src_name != name:
             note = note or f"from {src_name}"
         tensors.append(TensorPlan(name, src_name, src_shape if src_name else None, shape,

@@ -8,6 +8,10 @@ from .llama import ATTENTION, LLAMA, LLAMA_KEYS
 
 ARCHITECTURES = (LLAMA.variant(
     name="mixtral", model_types=("mixtral",), classes=("MixtralForCausalLM",), aliases=(),
+    upcycles=("llama", "mistral"), upcycle_init=("block_sparse_moe.gate.weight",),
+    dense_rows={"block_sparse_moe.experts.{e}.w1.weight": "mlp.gate_proj.weight",
+                "block_sparse_moe.experts.{e}.w3.weight": "mlp.up_proj.weight",
+                "block_sparse_moe.experts.{e}.w2.weight": "mlp.down_proj.weight"},
     keys={**LLAMA_KEYS, "experts": ("num_local_experts",)},
     blocks=tensors("input_layernorm.weight  W  norm_gain" + ATTENTION + """
         post_attention_layernorm.weight             W      norm_gain

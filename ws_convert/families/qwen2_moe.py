@@ -9,11 +9,18 @@ from ..architectures import tensors
 from .llama import ATTENTION, LLAMA, LLAMA_KEYS, MLP
 
 MOE_KEYS = {**LLAMA_KEYS, "moe_ffn": ("moe_intermediate_size",)}
+# upcycled from the dense model: every expert starts from its MLP; the top-k weights sum to 1, as one MLP's
+EXPERT_ROWS = {f"mlp.experts.{{e}}.{proj}.weight": f"mlp.{proj}.weight"
+               for proj in ("gate_proj", "up_proj", "down_proj")}
+UPCYCLED = {"norm_topk_prob": True, "mlp_only_layers": [], "decoder_sparse_step": 1}
 
 QWEN2_MOE = LLAMA.variant(
     name="qwen2_moe", model_types=("qwen2_moe",), classes=("Qwen2MoeForCausalLM",), aliases=(),
     keys={**MOE_KEYS, "shared_ffn": ("shared_expert_intermediate_size",), "experts": ("num_experts",)},
     dense_layers=("mlp_only_layers", "decoder_sparse_step"),
+    upcycles=("qwen2",), dense_rows=EXPERT_ROWS, upcycle_config=UPCYCLED,
+    upcycle_init=("mlp.gate.weight", "mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
+                  "mlp.shared_expert.down_proj.weight", "mlp.shared_expert_gate.weight"),
     blocks=tensors("input_layernorm.weight  W  norm_gain" + ATTENTION + """
         post_attention_layernorm.weight              W      norm_gain
         mlp.gate.weight                              NE W   output@1   optional

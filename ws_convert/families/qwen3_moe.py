@@ -9,6 +9,7 @@ from .qwen2_moe import MOE_KEYS, QWEN2_MOE
 ARCHITECTURES = (QWEN2_MOE.variant(
     name="qwen3_moe", model_types=("qwen3_moe",), classes=("Qwen3MoeForCausalLM",),
     keys={**MOE_KEYS, "experts": ("num_experts", "num_local_experts")},
+    upcycles=("qwen3",), upcycle_init=("mlp.gate.weight",),
     blocks=tensors("input_layernorm.weight  W  norm_gain" + ATTENTION + """
         self_attn.q_norm.weight                      HD     norm_gain
         self_attn.k_norm.weight                      HD     norm_gain
