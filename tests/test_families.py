@@ -259,3 +259,9 @@ def test_dense_layers_of_a_mixture_follow_their_source_layers(tmp_path, policy, 
     grown = json.loads((tmp_path / "out" / "config.json").read_text())
     assert grown["mlp_only_layers"] == dense and grown["decoder_sparse_step"] == 1
     load("qwen2_moe", tmp_path / "out")
+
+
+def test_deepseek_v3_is_refused_saying_why(tmp_path):
+    from test_plan_input import refused
+    path = saved(tmp_path, "llama", model_type="deepseek_v3")
+    refused(["plan", path, "--to-width", TO], "multi-head latent attention", "not grown")

@@ -116,7 +116,9 @@ def plan_table(p: Plan) -> str:
     s, t = p.source, p.target
     heads = (f"heads {s.heads} -> {t.heads} (kv {s.kv_heads} -> {t.kv_heads}), "
              f"head_dim {s.head_dim} -> {t.head_dim}")
-    lines = [f"{p.arch}: width {s.width} -> {t.width}, {heads}, ffn {s.ffn} -> {t.ffn}, "
+    upcycled = f" (upcycled, top {p.options.experts_top_k})" if p.options.to_experts else ""
+    experts = f"{t.experts} experts{upcycled}, " if t.experts else ""
+    lines = [f"{p.arch}: width {s.width} -> {t.width}, {heads}, ffn {s.ffn} -> {t.ffn}, {experts}"
              f"layers {s.layers} -> {t.layers} ({p.options.depth_policy}); "
              f"shrink {p.options.shrink}, perturb {p.options.perturb}, "
              f"{'norms copied, ' if p.options.norms == 'copy' else ''}seed {p.options.seed}"]

@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .architectures import Architecture, Axis, Interleaved, Kind, Param, Role
-from .families import ALL, BY_NAMES, NAMES, by_name, of_model_type
+from .families import ALL, BY_NAMES, NAMES, REFUSED, by_name, of_model_type
 from .errors import PlanError
 from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
@@ -238,6 +238,8 @@ def detect(source: Source, arch_name: str | None) -> tuple[Architecture | None, 
             raise PlanError(f"{source.config_name}: config says model_type {shown(model_type)}, which --arch "
                             f"{arch_name} does not describe ({', '.join(layouts[0].model_types)}); its layout or "
                             "norms may differ, so it is not grown as one")
+    elif model_type in REFUSED:
+        raise PlanError(f"{source.config_name}: {REFUSED[model_type]}")
     elif model_type is not None:
         layouts = of_model_type(model_type)
         if not layouts:

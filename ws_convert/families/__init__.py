@@ -13,14 +13,17 @@ from ..architectures import Architecture
 BY_NAMES = ("gpt2", "llama", "mup-gpt")
 
 
-def _load() -> tuple[Architecture, ...]:
-    found = []
+def _load() -> tuple[tuple[Architecture, ...], dict[str, str]]:
+    """Every family file's layouts, and the model_types a file refuses (with why)."""
+    found, refused = [], {}
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        found += importlib.import_module(f"{__name__}.{module}").ARCHITECTURES
-    return tuple(sorted(found, key=lambda a: (a.name not in BY_NAMES, a.name)))
+        data = importlib.import_module(f"{__name__}.{module}")
+        found += data.ARCHITECTURES
+        refused.update(getattr(data, "REFUSED", {}))
+    return tuple(sorted(found, key=lambda a: (a.name not in BY_NAMES, a.name))), refused
 
 
-ALL: tuple[Architecture, ...] = _load()
+ALL, REFUSED = _load()
 NAMES = sorted({*(a.name for a in ALL), *(n for a in ALL for n in a.aliases), "generic"})
 
 
