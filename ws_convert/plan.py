@@ -75,11 +75,16 @@ class Sizes:
     shared_ffn: int = 0  # a shared expert's MLP size (0: none)
 
     def of(self, kind: Kind) -> int | None:
+        return self._kinds.get(kind)
+
+    @functools.cached_property
+    def _kinds(self) -> dict[Kind, int | None]:
+        """Each kind's size (cached: planning asks for every axis of every tensor)."""
         return {Kind.WIDTH: self.width, Kind.FFN: self.ffn, Kind.MOE_FFN: self.moe_ffn or None,
                 Kind.SHARED_FFN: self.shared_ffn or None, Kind.Q: self.heads * self.head_dim,
                 Kind.KV: self.kv_heads * self.head_dim, Kind.HEAD: self.head_dim, Kind.HEADS: self.heads,
-                Kind.KV_HEADS: self.kv_heads, Kind.EXPERTS: self.experts, Kind.EMBED: self.embed, Kind.VOCAB: self.vocab,
-                Kind.CTX: self.ctx}.get(kind)
+                Kind.KV_HEADS: self.kv_heads, Kind.EXPERTS: self.experts, Kind.EMBED: self.embed,
+                Kind.VOCAB: self.vocab, Kind.CTX: self.ctx}
 
     def units(self, kind: Kind) -> int:
         """How many units an Interleaved axis of this unit kind repeats over."""
@@ -432,12 +437,14 @@ def layer_params(arch: Architecture, experts: int) -> list[Param]:
 
 
 def _arch_params(arch: Architecture, prefix: str, layers: int, experts: int) -> list[tuple[Param, str]]:
+    blocks = layer_params(arch, experts)
     return [(p, p.name.format(p=prefix)) for p in arch.globals] + [
-        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in layer_params(arch, experts)]
+        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in blocks]
 
 
 def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes, origin: dict[str, str]) -> None:
     """Every tensor of the architecture in `source` has the shape `sizes` give it."""
+    expect: dict[tuple, list[int | None]] = {}  # per axes: the rows of a table repeat over layers and experts
     for p, name in _arch_params(arch, prefix, sizes.layers, sizes.experts):
         if name not in source.tensors:
             continue
@@ -445,7 +452,9 @@ def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes,
         if len(actual) != len(p.axes):
             raise PlanError(f"{source.path}: tensor '{name}' has shape {list(actual)}, not the {len(p.axes)} "
                             f"axes of a {arch.name} '{p.name}'")
-        expected = [axis_size(a, sizes) for a in p.axes]
+        if p.axes not in expect:
+            expect[p.axes] = [axis_size(a, sizes) for a in p.axes]
+        expected = expect[p.axes]
         wrong = [a for a, e, d in zip(p.axes, expected, actual) if e is not None and e != d]
         if wrong:
             kinds = [k for a in wrong for k in (a if isinstance(a, tuple) else (a,))]
@@ -819,6 +828,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                         f"({len(unknown)} such); give --arch generic to pad it anyway")
 
     tensors, base_shapes = [], {}
+    layouts: dict[tuple, tuple] = {}
     readout, embedding = (n.format(p=prefix) for n in arch.tied) if arch.tied else (None, None)
     for p, name, src_name in wanted:
         # a new layer's tensor has the shape of layer 0's (source_sizes checked it); a created one, its
@@ -828,10 +838,14 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                 axis_size(a, src) or 1 for a in p.axes)
         else:
             dtype, src_shape = source.tensors[src_name or full(p, 0)]
-        sized = [axis_size(a, src) is not None for a in p.axes]
-        shape = tuple(axis_size(a, dst) if has else src_shape[k] for k, (a, has) in enumerate(zip(p.axes, sized)))
-        maps = tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
-                     for k, (a, has) in enumerate(zip(p.axes, sized)))
+        key = (p.axes, src_shape)
+        if key not in layouts:  # the rows of a table repeat over layers and experts
+            sized = [axis_size(a, src) is not None for a in p.axes]
+            layouts[key] = (
+                tuple(axis_size(a, dst) if has else src_shape[k] for k, (a, has) in enumerate(zip(p.axes, sized))),
+                tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
+                      for k, (a, has) in enumerate(zip(p.axes, sized))))
+        shape, maps = layouts[key]
         if src_name is None:
             maps = tuple(() for _ in p.axes)
         base = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
