@@ -1,7 +1,7 @@
 """The SZP operator on one tensor: T = shrink * embed(S) + perturb * init_T.
 
 `szp()` is the low-level fused op on tensors. It runs the compiled CPU or
-CUDA kernel when present and `szp_reference()` otherwise; the reference is
+CUDA kernel when present and the plain-PyTorch reference otherwise; the reference is
 plain PyTorch and is the oracle the kernels match bit for bit. The
 arguments themselves (segments, inits, the kernel's record) live in
 `szp_spec`, which needs no torch.
@@ -73,10 +73,10 @@ def _store(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(torch.isnan(v), nan.to(v.device), out)
 
 
-def szp_reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out_shape: Sequence[int],
-                  maps: Sequence[AxisMap], *, shrink: float, perturb: float, init: Init, seed: int,
-                  tid: int, rows: tuple[int, int], src_row_start: int,
-                  out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out_shape: Sequence[int],
+               maps: Sequence[AxisMap], *, shrink: float, perturb: float, init: Init, seed: int,
+               tid: int, rows: tuple[int, int], src_row_start: int,
+               out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Plain-PyTorch SZP on output rows [rows): the oracle for the kernels."""
     inner = 1
     for d in out_shape[1:]:
@@ -170,9 +170,9 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
 
     chosen = _pick_backend(backend, dev)
     if chosen == "reference":
-        res = szp_reference(src, src_shape, out_shape, maps, shrink=shrink, perturb=perturb,
-                            init=init, seed=seed, tid=tid, rows=rows, src_row_start=src_row_start,
-                            out_dtype=out_dtype, device=dev)
+        res = _reference(src, src_shape, out_shape, maps, shrink=shrink, perturb=perturb,
+                         init=init, seed=seed, tid=tid, rows=rows, src_row_start=src_row_start,
+                         out_dtype=out_dtype, device=dev)
         if out is None:
             return res
         out.copy_(res)
@@ -188,6 +188,12 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
         with torch.cuda.device(dev):
             _ext.cuda.szp(args, torch.cuda.current_stream(dev).cuda_stream)
     return out
+
+
+def szp_reference(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisMap],
+                  **options) -> torch.Tensor:
+    """The plain-PyTorch oracle, taking szp's arguments: szp(..., backend="reference")."""
+    return szp(src, out_shape, maps, **options, backend="reference")
 
 
 __all__ = ["Constant", "Init", "Normal", "Segment", "AxisMap", "pad_maps", "szp", "szp_reference"]
