@@ -5,22 +5,24 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from .hub import resolve
 from .plan import GrowthOptions, Plan, Source, detect, make_plan, source_sizes
 from .reader import open_checkpoint
 
 
 def plan(src: str | Path, to_width: int | None = None, *, base_shapes: str | Path | None = None,
-         allow_pickle: bool = False, **options) -> Plan:
-    """The per-tensor plan for growing `src` to `to_width`; nothing is written.
-    `options` are GrowthOptions' fields (to_depth, head_policy, shrink, ...)."""
-    with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
+         allow_pickle: bool = False, revision: str | None = None, **options) -> Plan:
+    """The per-tensor plan for growing `src` (a path or a Hub repo id) to
+    `to_width`; nothing is written. `options` are GrowthOptions' fields
+    (to_depth, head_policy, shrink, ...)."""
+    with open_checkpoint(resolve(src, revision).path, allow_pickle=allow_pickle) as ckpt:
         return make_plan(Source.of(ckpt), GrowthOptions(to_width=to_width, **options), base_shapes)
 
 
 def inspect(src: str | Path, *, arch: str | None = None, num_heads: int | None = None,
-            num_kv_heads: int | None = None, allow_pickle: bool = False) -> dict:
-    """Architecture, sizes, dtypes, parameter count and shards of a checkpoint."""
-    with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
+            num_kv_heads: int | None = None, allow_pickle: bool = False, revision: str | None = None) -> dict:
+    """Architecture, sizes, dtypes, parameter count and shards of a checkpoint (a path or a Hub repo id)."""
+    with open_checkpoint(resolve(src, revision).path, allow_pickle=allow_pickle) as ckpt:
         source = Source.of(ckpt)
         info = {
             "path": str(ckpt.path),

@@ -42,6 +42,7 @@ def source_options(fn):
         click.option("--num-heads", type=click.IntRange(1), help="Attention heads, when no config says."),
         click.option("--num-kv-heads", type=click.IntRange(1), help="Key/value heads, when no config says."),
         click.option("--allow-pickle", is_flag=True, help="Read pickle (.bin) checkpoints (weights only)."),
+        click.option("--revision", help="The branch, tag or commit of a Hugging Face Hub repo id SRC."),
     ]):
         fn = option(fn)
     return fn
@@ -166,7 +167,7 @@ def terminate_like_interrupt() -> Iterator[None]:
 
 
 @main.command()
-@click.argument("src", type=click.Path(exists=True))
+@click.argument("src")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory (default: beside SRC).")
 @growth_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -176,9 +177,9 @@ def terminate_like_interrupt() -> Iterator[None]:
 @click.option("--dry-run", is_flag=True, help="Plan and check everything, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @fail_cleanly
-def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool, device: str,
+def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool, revision: str | None, device: str,
          threads: int | None, max_shard_size: str, overwrite: bool, dry_run: bool, quiet: bool, **kw) -> None:
-    """Grow the checkpoint SRC to a larger width (and depth) with SZP."""
+    """Grow the checkpoint SRC (a path, or a Hugging Face Hub repo id) to a larger width (and depth) with SZP."""
     from .engine import grow as run_grow
     from .writer import parse_size
 
@@ -189,7 +190,8 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
     options = growth_kwargs(kw)
     if dry_run:
         report = run_grow(src, out=out, overwrite=overwrite, device=device, max_shard_size=max_shard_size,
-                          base_shapes=base_shapes, allow_pickle=allow_pickle, dry_run=True, **options)
+                          base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, dry_run=True,
+                          **options)
         if not quiet:
             click.echo(plan_table(report.plan))
             click.echo(f"dry run: target {report.out} checked; would write {human(report.plan.bytes_after)}B there")
@@ -217,7 +219,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         with terminate_like_interrupt():
             report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
                               max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
-                              progress=progress, **options)
+                              revision=revision, progress=progress, **options)
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         click.echo(f"\nws-convert: {how}; nothing was written at the output", err=True)
@@ -346,20 +348,21 @@ def train(compile_: bool, **kw) -> None:
 
 
 @main.command("plan")
-@click.argument("src", type=click.Path(exists=True))
+@click.argument("src")
 @growth_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @fail_cleanly
-def plan_cmd(src: str, as_json: bool, base_shapes: str | None, allow_pickle: bool, **kw) -> None:
+def plan_cmd(src: str, as_json: bool, base_shapes: str | None, allow_pickle: bool, revision: str | None,
+             **kw) -> None:
     """Show the per-tensor plan for growing SRC; nothing is written."""
     from .api import plan
 
-    p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, **growth_kwargs(kw))
+    p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, **growth_kwargs(kw))
     click.echo(json.dumps(p.to_json(), indent=1) if as_json else plan_table(p))
 
 
 @main.command("inspect")
-@click.argument("src", type=click.Path(exists=True))
+@click.argument("src")
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @fail_cleanly

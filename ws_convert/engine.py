@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from . import _ext
 from .errors import CheckpointError, OutputError
 from .gc_pause import collection_paused
+from .hub import resolve
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
@@ -538,15 +539,20 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
          chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
-         dry_run: bool = False, **options) -> GrowReport:
-    """Grow the checkpoint at `src` into a new directory (default: beside it,
-    named after it and the width, or the depth when only that grows).
+         dry_run: bool = False, revision: str | None = None, **options) -> GrowReport:
+    """Grow the checkpoint at `src` (a path, or a Hugging Face Hub repo id at
+    `revision`) into a new directory (default: beside it, named after it and
+    the width, or the depth when only that grows; for a repo id, in the
+    current directory, named after the repo).
     `options` are GrowthOptions' fields.
     `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
     output bytes are computed. A dry run plans and checks everything a real
     run would, the target included, and writes nothing."""
     t_start = time.perf_counter()
-    out = output_dir(out) if out is not None else default_out(Path(src), to_width, options.get("to_depth"))
+    hub = resolve(src, revision)
+    src = hub.path
+    named = Path(hub.repo_id.split("/")[-1]) if hub.repo_id else src
+    out = output_dir(out) if out is not None else default_out(named, to_width, options.get("to_depth"))
     dev = pick_device(device)
     with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
         opts = GrowthOptions(to_width=to_width, **options)
@@ -554,6 +560,8 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
         protect = [*ckpt.files, Path(src)]
         prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
                       parse_size(max_shard_size))
+        if hub.repo_id:
+            prov["source"].update(hub_repo_id=hub.repo_id, hub_revision=hub.revision)
         writer = planned_writer(out, plan, prov, overwrite=overwrite, protect=protect)
         directory = source_dir(src)
         names, skipped = side_files(directory) if directory is not None else ([], [])

@@ -191,17 +191,29 @@ class _Map:
         self.value = value
 
 
+class _Optional:
+    """Schema of a field a record may leave out: one written before the field existed."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+ADDED_OPTIONS = ("to_experts", "experts_top_k")  # options that records made by 0.2.0 leave out (defaults apply)
+
+
 def _options_schema() -> dict:
     hints = typing.get_type_hints(GrowthOptions)
-    return {f.name: (typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType)
-                     else hints[f.name]) for f in fields(GrowthOptions)}
+    types_of = {f.name: (typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType)
+                         else hints[f.name]) for f in fields(GrowthOptions)}
+    return {name: _Optional(t) if name in ADDED_OPTIONS else t for name, t in types_of.items()}
 
 
 SCHEMA = {
     "tool": str, "version": str, "arch": str, "allow_pickle": bool, "max_shard_size": int,
     "base_shapes": (str, type(None)),
     "source": {"path": str, "relative_path": (str, type(None)), "config_sha256": (str, type(None)),
-               "files": [{"name": str, "header_sha256": str}]},
+               "files": [{"name": str, "header_sha256": str}],
+               "hub_repo_id": _Optional((str, type(None))), "hub_revision": _Optional((str, type(None)))},
     "options": _options_schema(),
     HASHES: {"algorithm": str, "tensors": _Map(str), "files": _Map({"bytes": int, HASH_ALGORITHM: str})},
 }
@@ -214,14 +226,16 @@ def _check(value: object, schema: object, where: str, file: Path) -> None:
     if isinstance(schema, dict):
         if not isinstance(value, dict):
             raise CheckpointError(file, f"{where or 'the record'} must be a JSON object")
-        missing = [k for k in schema if k not in value]
+        missing = [k for k in schema if k not in value and not isinstance(schema[k], _Optional)]
         extra = [k for k in value if k not in schema]
         if missing:
             raise CheckpointError(file, f"{where or 'the record'} has no field '{missing[0]}'")
         if extra:
             raise CheckpointError(file, f"{where or 'the record'} has an unknown field {extra[0][:80]!r}")
         for k, sub in schema.items():
-            _check(value[k], sub, f"{where}.{k}" if where else k, file)
+            if k in value:
+                _check(value[k], sub.value if isinstance(sub, _Optional) else sub, f"{where}.{k}" if where else k,
+                       file)
     elif isinstance(schema, list):
         if not isinstance(value, list):
             raise CheckpointError(file, f"field '{where}' must be a list")
@@ -273,7 +287,9 @@ def check_record(rec: object, path: Path, *, copy: bool = False) -> dict:
     for name, value in rec["options"].items():
         if name == "seed" and not 0 <= value < 2**64:
             raise CheckpointError(path, f"field 'options.seed' must be in [0, 2**64), not {value}")
-        if name != "seed" and _is(value, int) and int in _as_tuple(SCHEMA["options"][name]) and value < 1:
+        schema = SCHEMA["options"][name]
+        schema = schema.value if isinstance(schema, _Optional) else schema
+        if name != "seed" and _is(value, int) and int in _as_tuple(schema) and value < 1:
             raise CheckpointError(path, f"field 'options.{name}' must be at least 1, not {value}")
     if rec["max_shard_size"] < 1:
         raise CheckpointError(path, f"field 'max_shard_size' must be at least 1, not {rec['max_shard_size']}")

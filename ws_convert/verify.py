@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .engine import DEFAULT_CHUNK_BYTES, Chunk, execute, planned_writer
 from .errors import CheckpointError, PlanError
+from .hub import resolve
 from .plan import Plan, Source, make_plan
 from .provenance import (HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_record, config_sha256, fingerprint,
                          read_options, read_record, record_text, without_hashes)
@@ -110,6 +111,8 @@ def find_source(rec: dict, out: Path) -> Path:
     for path in candidates:
         if path.exists():
             return path
+    if rec["source"].get("hub_repo_id"):  # the same commit, from the Hub or its cache
+        return resolve(rec["source"]["hub_repo_id"], rec["source"]["hub_revision"]).path
     raise CheckpointError(out / PROVENANCE_NAME, f"the source {absolute} is gone"
                           + (f" (nor at {candidates[0]})" if relative else "") + "; pass --source PATH")
 
