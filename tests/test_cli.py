@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from ws_convert.cli import main
@@ -18,12 +19,13 @@ def test_short_demo_runs_every_stage(tmp_path):
     assert summary["steps"] == 20 and summary["width"] == 2 * summary["base_width"]
     for key in ("scratch_final_eval_loss", "warm_final_eval_loss", "warm_steps_to_scratch_final"):
         assert key in summary
-    assert [r["step"] for r in summary["eval"]] == [1, 5, 10, 15, 20]
+    assert [r["step"] for r in summary["eval"]] == [0, 1, 5, 10, 15, 20]  # 0: before the first update
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     for run in ("grown", "warm", "scratch"):
         assert (out / run / "model.safetensors").is_file()
-    # the warm start begins far below a fresh model's ~ln(256) = 5.5
-    assert summary["eval"][0]["warm"] < summary["eval"][0]["scratch"] - 1.0
+    # the warm start begins far below a fresh model's ~ln(256) = 5.5: at step 0, the grown model itself
+    start = summary["eval"][0]
+    assert start["warm"] < start["scratch"] - 1.0 and start["scratch"] == pytest.approx(5.55, abs=0.05)
 
 
 def test_demo_replaces_an_earlier_one_only_when_asked(tmp_path):

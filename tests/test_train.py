@@ -159,3 +159,18 @@ def test_plot_draws_several_runs(tmp_path):
     runs = [[{"step": s, "loss": 5 - s / 10 - k, "eval_loss": 5 - s / 10 - k} for s in range(5)] for k in (0, 1)]
     plot(runs, ["scratch", "warm"], tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_is_scored_before_its_first_update_on_windows_of_the_dataset(tmp_path, text):
+    """The first record holds the held-out loss before any update (for a warm
+    start, the grown model itself), and the held-out windows do not follow
+    the training seed: two runs of different seeds from the same grown model
+    score it the same before they train."""
+    small = tmp_path / "small"
+    train(TrainConfig(**TINY, steps=2, data=text, out=str(small)))
+    grown = grow(small / "model.safetensors", 64, out=tmp_path / "grown")
+    logs = [train(TrainConfig(**TINY, steps=2, data=text, seed=s, init_from=str(grown.out),
+                              out=str(tmp_path / f"warm{s}")))["log"] for s in (0, 1)]
+    assert logs[0][0]["eval_loss_start"] == logs[1][0]["eval_loss_start"]
+    assert logs[0][0]["eval_loss_start"] != logs[0][0]["eval_loss"]  # before and after the first update
+    assert logs[0][0]["loss"] != logs[1][0]["loss"]  # while the seeds do train on other batches

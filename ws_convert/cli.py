@@ -314,6 +314,8 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--fsdp", is_flag=True, help="Under torchrun: shard parameters, gradients and optimizer state (FSDP2).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--eval-batches", type=click.IntRange(1), default=8, show_default=True,
+              help="Held-out batches per evaluation (the same windows for every seed).")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
 @click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
 @fail_cleanly

@@ -11,9 +11,10 @@ EOS between documents, and the tokens are cached (in the `.bin` / `.u32.bin`
 formats above) under `cache_dir()`, keyed by the tokenizer's files and each
 data file's path, size and mtime, so a second run does not tokenize again.
 
-Held out: for bytes, every tenth stdlib file or the last 10% of a text stream;
-for tokenized folders (and the stdlib), the files whose relative path hashes
-low (about 10%, stable when files are added); for one file, its last 10%.
+Held out: for a folder, the files whose relative path hashes low (about 10%,
+stable when files are added, the same in every listing order); for the
+stdlib read as bytes, every tenth file (as the shipped model was trained);
+for one file or a token file, its last 10%.
 Batches are a pure function of (seed, step), so a resumed or multi-process run
 sees exactly the batches a single run would.
 """
@@ -271,14 +272,17 @@ def load(spec: str | None = None, *, tokenizer: str | Path | None = None, vocab_
 
 
 def _bytes(root: Path, files: list[Path], name: str, max_bytes: int) -> Dataset:
-    """Text as bytes, vocabulary 256: the stdlib holds out every tenth file, other text its last 10%."""
-    chunks = _read_files(files, str(root))
+    """Text as bytes, vocabulary 256: the stdlib holds out every tenth file, a
+    folder the files its path hash picks, one file its last 10%."""
     as_tokens = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8).long()  # noqa: E731
-    if name == "stdlib":
-        train = b"\n".join(c for i, c in enumerate(chunks) if i % 10 != 9)[:max_bytes]
-        val = b"\n".join(c for i, c in enumerate(chunks) if i % 10 == 9)[: max_bytes // 10]
-        return Dataset(as_tokens(train), as_tokens(val), 256, "stdlib")
-    tokens = as_tokens(b"\n".join(chunks)[:max_bytes])
+    if name == "stdlib" or len(files) > 1:
+        kept, held = ([f for i, f in enumerate(files) if i % 10 != 9], files[9::10]) if name == "stdlib" \
+            else _split_by_path(root, files)
+        data = dict(zip(files, _read_files(files, str(root))))  # refuses a folder of no data, naming it
+        train = b"\n".join(data[f] for f in kept)[:max_bytes]
+        val = b"\n".join(data[f] for f in held)[: max_bytes // 10]
+        return Dataset(as_tokens(train), as_tokens(val), 256, name)
+    tokens = as_tokens(b"\n".join(_read_files(files, str(root)))[:max_bytes])
     cut = int(len(tokens) * (1 - HELD_OUT))
     return Dataset(tokens[:cut], tokens[cut:], 256, name)
 

@@ -80,6 +80,9 @@ class TrainConfig:
     overwrite: bool = False  # train into an --out holding another model's files
 
 
+# Held-out windows are the dataset's, not the run's: runs of any seed are scored on the same data.
+EVAL_SEED = 7919
+
 # Settings a resumed run may change: they touch logging and speed, not the trajectory.
 FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every", "overwrite")
 MODEL_SETTINGS = ("arch", "width", "depth", "heads", "kv_heads", "ffn", "base_width", "init_std")  # unused when init_from gives the model
@@ -325,7 +328,7 @@ def evaluate(model: torch.nn.Module, tokens: torch.Tensor, c: TrainConfig, devic
     model.eval()
     losses = []
     for i in range(c.eval_batches):
-        x, y = data_mod.batch(tokens, c.batch_size, c.context, seed=c.seed + 7919, step=i,
+        x, y = data_mod.batch(tokens, c.batch_size, c.context, seed=EVAL_SEED, step=i,
                               rank=dist.rank, world=dist.world)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x.to(device))
@@ -431,6 +434,8 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
         if dist.main:
             _publish(out, latest)
 
+    # a fresh run's held-out loss before its first update: for a warm start, the grown model itself
+    initial = evaluate(net, ds.val, c, device, dist) if start == 0 else None
     t_last, tokens_since = time.perf_counter(), 0
     for step in range(start, c.steps):
         scale = lr_at(step, c) / c.lr
@@ -447,6 +452,8 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
         tokens_since += c.batch_size * c.context
         last = step == c.steps - 1
         record = {"step": step, "loss": dist.mean(loss.item()), "lr": lr_at(step, c)}
+        if step == 0 and initial is not None:
+            record["eval_loss_start"] = initial
         if (step + 1) % c.eval_every == 0 or last or step == 0:
             record["eval_loss"] = evaluate(net, ds.val, c, device, dist)
         now = time.perf_counter()
