@@ -101,3 +101,6 @@ def test_what_has_no_mixture_is_one_line(tmp_path):
     perturbed(cls(config)).save_pretrained(tmp_path / "phi")
     refused(["plan", tmp_path / "phi", "--to-experts", 4], "no mixture-of-experts counterpart", "llama")
     refused(["plan", dense(tmp_path, "llama"), "--to-experts", 4, "--experts-top-k", 5], "--experts-top-k 5")
+    cls, config = family_model("llama", mlp_bias=True)  # mixtral's experts have no biases to hold them
+    perturbed(cls(config)).save_pretrained(tmp_path / "biased")
+    refused(["plan", tmp_path / "biased", "--to-experts", 4], "mlp.down_proj.bias' has no place in a mixtral model")

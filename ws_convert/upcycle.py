@@ -61,6 +61,10 @@ def plan_upcycle(dense: Architecture, prefix: str, source: Source, o: GrowthOpti
     for i in range(layers):
         renamed.update({moe.layer.format(p=prefix, i=i) + row: dense.layer.format(p=prefix, i=i) + d
                         for row, d in reads.items()})
+    dropped = sorted(set(source.tensors) - set(renamed.values()))
+    if dropped:
+        raise PlanError(f"{source.path}: tensor '{dropped[0]}' has no place in a {moe.name} model ({len(dropped)} "
+                        "such); upcycling would drop it, so it is refused")
     view = Source(source.path, {new: source.tensors[old] for new, old in renamed.items() if old in source.tensors},
                   _config(config, moe, o), source.metadata, source.config_path)
     plan = _plan_arch(moe, prefix, view, o, base_file, base_path, frozenset(moe.upcycle_init))
