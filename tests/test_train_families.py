@@ -26,6 +26,7 @@ from ws_convert import grow, hf_model  # noqa: E402
 from ws_convert.errors import WsConvertError  # noqa: E402
 from ws_convert.train import TrainConfig, train  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]  # torchrun's processes import this checkout, whatever is installed
 TINY = dict(width=32, depth=2, heads=4, batch_size=4, context=16, lr=1e-2, eval_every=2, eval_batches=2)
 
 
@@ -153,7 +154,8 @@ def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProc
     """Two CPU processes (gloo) under torchrun: the CLI, or `script`."""
     target = [str(script)] if script else ["-m", "ws_convert.cli", "train"]
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *target, *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           *target, *args], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                          capture_output=True,
                           text=True, timeout=300)
 
 

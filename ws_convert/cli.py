@@ -188,6 +188,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     options = growth_kwargs(kw)
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, the first process speaks for all
     if dry_run:
         report = run_grow(src, out=out, overwrite=overwrite, device=device, max_shard_size=max_shard_size,
                           base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, dry_run=True,

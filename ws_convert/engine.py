@@ -13,23 +13,25 @@ buffers and a CUDA stream.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _ext
+from . import _ext, ranks
 from .errors import CheckpointError, OutputError
 from .gc_pause import collection_paused
 from .hub import resolve
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
+from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, knobs_key, tensor_id
 from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir,
                      parse_size)
@@ -568,13 +570,67 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
         if dry_run:
             writer.check()
             return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start, names, skipped)
-        with writer, SourceHasher(ckpt) as hasher:
-            count, total = len(plan.tensors), writer.total_size
-            execute(plan, ckpt, writer.write_chunks, device=dev, threads=threads, chunk_bytes=chunk_bytes,
-                    progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
+        def finish(hashes: dict) -> None:
             copied = copy_side_files(writer, directory, names) if names else {}
-            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: {**hasher.result(), "files": copied}}))
+            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: {**hashes, "files": copied}}))
+
+        rank, size = ranks.world()
+        if size > 1:
+            _grow_shared(plan, ckpt, writer, finish, rank, size, device=dev, threads=threads,
+                         chunk_bytes=chunk_bytes, progress=progress)
+        else:
+            with writer, SourceHasher(ckpt) as hasher:
+                count, total = len(plan.tensors), writer.total_size
+                execute(plan, ckpt, writer.write_chunks, device=dev, threads=threads, chunk_bytes=chunk_bytes,
+                        progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
+                finish(hasher.result())
     return GrowReport(out, plan, dev, writer.total_size, time.perf_counter() - t_start, names, skipped)
+
+
+def _grow_shared(plan: Plan, ckpt: Checkpoint, writer: CheckpointWriter, finish: Callable[[dict], None],
+                 rank: int, size: int, *, device: str, threads: int | None, chunk_bytes: int,
+                 progress: Callable[[int, int, int, int], None] | None) -> None:
+    """One rank's part of a grow under torchrun (ranks.py): its share of the
+    tensors into the shards rank 0 laid out; rank 0 also hashes the source,
+    and adds the side files and commits once every rank has succeeded."""
+    mine = ranks.share(plan.tensors, rank, size)
+    with ranks.Group() as group:
+        opened = None
+        if rank == 0:
+            try:
+                writer.__enter__()
+                opened = str(writer.tmp_dir)
+            finally:
+                group.broadcast(opened)  # None: the others stop too
+        else:
+            opened = group.broadcast(None)
+            if opened is None:
+                raise OutputError(f"{writer.out_dir}: the first process of the run could not open the output")
+            writer.attach(Path(opened))
+        failure, hashes = None, None
+        try:
+            with SourceHasher(ckpt) if rank == 0 else contextlib.nullcontext() as hasher:
+                count, total = len(mine), sum(t.numel * ITEMSIZE[t.dtype] for t in mine)
+                execute(replace(plan, tensors=mine), ckpt, writer.write_chunks, device=device, threads=threads,
+                        chunk_bytes=chunk_bytes, progress=progress and (lambda n, i: progress(n, total, i + 1, count)))
+                writer.sync()
+                hashes = hasher.result() if rank == 0 else None
+        except BaseException as exc:
+            failure = exc
+        if not group.all_ok(failure is None):
+            if rank == 0:
+                writer.__exit__(OutputError, None, None)  # removes the temporary directory
+            group.barrier()  # no rank leaves (and has torchrun stop the others) before that is done
+            raise failure or OutputError(f"{writer.out_dir}: another process of the run failed; nothing was written")
+        if rank == 0:
+            try:
+                own = {t.name for t in mine}
+                writer.written_elsewhere(t.name for t in plan.tensors if t.name not in own)
+                finish(hashes)
+            except BaseException as exc:
+                writer.__exit__(type(exc), exc, None)
+                raise
+            writer.__exit__(None, None, None)
 
 
 __all__ = ["execute", "grow", "grow_state_dict", "run_tensor", "GrowReport", "default_out"]

@@ -412,6 +412,23 @@ class CheckpointWriter:
             raise self._as_output_error(exc) from None
         return self
 
+    def attach(self, tmp_dir: Path) -> None:
+        """Write into the temporary directory another process of the same run
+        opened (same plan, same shards); that process alone commits."""
+        self.tmp_dir = Path(tmp_dir)
+
+    def sync(self) -> None:
+        """Close and flush every shard this process wrote to."""
+        _close_fds([self._take(file) for file in list(self._open)])
+        for file in sorted(self._unsynced):
+            _fsync_path(self.tmp_dir / file)
+        self._unsynced.clear()
+
+    def written_elsewhere(self, names: Iterable[str]) -> None:
+        """Count tensors as written in full: other processes of the run wrote them (and said so)."""
+        for name in names:
+            self._written[name] = [(0, self._planned(name)[1].nbytes)]
+
     def _check_space(self) -> None:
         """Fail before writing anything when the output cannot fit. (Space is
         not reserved with fallocate: on tmpfs that zero-fills every page, and
@@ -614,10 +631,7 @@ class CheckpointWriter:
         missing = self.missing()
         if missing:
             raise OutputError(f"{len(missing)} tensors were not written in full, first '{missing[0]}'")
-        _close_fds([self._take(file) for file in list(self._open)])
-        for file in sorted(self._unsynced):
-            _fsync_path(self.tmp_dir / file)
-        self._unsynced.clear()
+        self.sync()
         index = self.index_text()
         if index is not None:
             self._write_file(INDEX_NAME, index)
