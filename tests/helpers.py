@@ -1,4 +1,5 @@
-"""Shared test helpers: random SZP cases for the op tests, and a run stopped and resumed for the trainer tests."""
+"""Shared test helpers: random SZP cases for the op tests, a run stopped and resumed for the trainer
+tests, and two processes under torchrun."""
 
 from __future__ import annotations
 
@@ -81,3 +82,17 @@ def stopped_then_resumed(train, cfg, at: int) -> list[dict]:
     with pytest.raises(Stop):
         train(cfg, progress=interrupt)
     return train(cfg)["log"]
+
+
+def torchrun(*args: str):
+    """`args` (a module's `-m NAME ...` or a script) in two CPU processes (gloo) under torchrun,
+    importing this checkout whatever is installed; the completed process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *args], env={**os.environ, "OMP_NUM_THREADS": "1",
+                                        "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                          capture_output=True, text=True, timeout=300)

@@ -5,24 +5,16 @@ the one process's, and a failure on any rank leaves no output."""
 from __future__ import annotations
 
 import filecmp
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import torchrun
 from models import family_model, perturbed
 
 pytest.importorskip("torch.distributed")
-REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout, whatever is installed
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *args], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 it continues from grown checkpoints, and it runs under torchrun."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import torch
 
 pytest.importorskip("mup")
 
-from helpers import stopped_then_resumed  # noqa: E402
+from helpers import stopped_then_resumed, torchrun  # noqa: E402
 from ws_convert import grow  # noqa: E402
 from ws_convert.data import DataError, batch, load  # noqa: E402
 from ws_convert.errors import WsConvertError  # noqa: E402
@@ -143,10 +140,8 @@ def test_torchrun_two_processes_match_one(tmp_path, text):
     cfg = dict(TINY, steps=6, data=text)
     single = train(TrainConfig(**cfg, out=str(tmp_path / "one")))["log"]
     args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items() if k != "eval_batches"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "ws_convert.cli", "train", *args, "--out", str(tmp_path / "two")],
-                   check=True, env=env, capture_output=True, timeout=300)
+    done = torchrun("-m", "ws_convert.cli", "train", *args, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-2000:]
     two = [json.loads(l) for l in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert len(two) == len(single)
     for a, b in zip(single, two):

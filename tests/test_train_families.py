@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,13 +17,12 @@ import torch
 pytest.importorskip("mup")
 transformers = pytest.importorskip("transformers")
 
-from helpers import stopped_then_resumed  # noqa: E402
+from helpers import stopped_then_resumed, torchrun  # noqa: E402
 from test_side_files import _tokenizer  # noqa: E402
 from ws_convert import grow, hf_model  # noqa: E402
 from ws_convert.errors import WsConvertError  # noqa: E402
 from ws_convert.train import TrainConfig, train  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]  # torchrun's processes import this checkout, whatever is installed
 TINY = dict(width=32, depth=2, heads=4, batch_size=4, context=16, lr=1e-2, eval_every=2, eval_batches=2)
 
 
@@ -150,13 +146,6 @@ def test_what_cannot_train_is_one_line(tmp_path, text, tokenizer):
         train(TrainConfig(**TINY, steps=2, data=text, init_from=str(heads), out=str(tmp_path / "h")))
 
 
-def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProcess:
-    """Two CPU processes (gloo) under torchrun: the CLI, or `script`."""
-    target = [str(script)] if script else ["-m", "ws_convert.cli", "train"]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *target, *args], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-                          capture_output=True,
-                          text=True, timeout=300)
 
 
 FSDP_RUN = dict(TINY, arch="llama", kv_heads=2, steps=6, checkpoint_every=3)
@@ -173,7 +162,7 @@ def test_fsdp_over_two_processes_matches_one(tmp_path, text, tokenizer):
     checkpoint is gathered into the same Hugging Face directory."""
     settings = dict(FSDP_RUN, data=text, tokenizer=str(tokenizer))
     single = train(TrainConfig(**settings, out=str(tmp_path / "one")))["log"]
-    done = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "two"))
+    done = torchrun("-m", "ws_convert.cli", "train", *cli_args(settings), "--fsdp", "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("done:") == 1
     two = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
@@ -201,11 +190,11 @@ def stopping(*args, **kw):
 data.batch = stopping
 train(TrainConfig(**{settings!r}, out={str(tmp_path / 'b')!r}))
 """)
-    assert torchrun(script=stop).returncode != 0
+    assert torchrun(str(stop)).returncode != 0
     assert (tmp_path / "b" / "checkpoint-3").is_dir()
-    resumed = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "b"))
+    resumed = torchrun("-m", "ws_convert.cli", "train", *cli_args(settings), "--fsdp", "--out", str(tmp_path / "b"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = torchrun(*cli_args(settings), "--fsdp", "--out", str(tmp_path / "a"))
+    whole = torchrun("-m", "ws_convert.cli", "train", *cli_args(settings), "--fsdp", "--out", str(tmp_path / "a"))
     assert whole.returncode == 0, whole.stderr[-2000:]
     losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
               for d in ("a", "b")]

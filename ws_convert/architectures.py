@@ -75,8 +75,9 @@ class Interleaved:
 # An axis is one kind, several kinds side by side (GPT-2's c_attn is [q | k | v]), or interleaved per unit.
 Axis = Kind | tuple[Kind, ...] | Interleaved
 
-KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "MF": Kind.MOE_FFN, "SF": Kind.SHARED_FFN, "Q": Kind.Q, "KV": Kind.KV, "HD": Kind.HEAD, "NH": Kind.HEADS,
-               "NKV": Kind.KV_HEADS, "NE": Kind.EXPERTS, "E": Kind.EMBED, "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
+KIND_TOKENS = {"W": Kind.WIDTH, "F": Kind.FFN, "MF": Kind.MOE_FFN, "SF": Kind.SHARED_FFN, "Q": Kind.Q, "KV": Kind.KV,
+               "HD": Kind.HEAD, "NH": Kind.HEADS, "NKV": Kind.KV_HEADS, "NE": Kind.EXPERTS, "E": Kind.EMBED,
+               "V": Kind.VOCAB, "C": Kind.CTX, "X": Kind.FIXED}
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,8 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
 @click.option("--width", type=click.IntRange(2), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--kv-heads", type=click.IntRange(0), default=0, help="Key/value heads of a family model (default: --heads).")
+@click.option("--kv-heads", type=click.IntRange(0), default=0,
+              help="Key/value heads of a family model (default: --heads).")
 @click.option("--ffn", type=click.IntRange(0), default=0, help="MLP size (default: 4 x --width).")
 @click.option("--base-width", type=click.IntRange(0), default=0, help="μP base width (default: --width).")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True)

@@ -93,7 +93,8 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
         "scratch_steps_to_scratch_final": steps_to_reach(scratch["log"], target),
         "warm_steps_to_scratch_final": steps_to_reach(warm["log"], target),
         # step 0: before either run's first update (the warm start's row is the grown model itself)
-        "eval": [{"step": 0, "scratch": scratch["log"][0]["eval_loss_start"], "warm": warm["log"][0]["eval_loss_start"]}]
+        "eval": [{"step": 0, "scratch": scratch["log"][0]["eval_loss_start"],
+                  "warm": warm["log"][0]["eval_loss_start"]}]
         + [{"step": a["step"] + 1, "scratch": a["eval_loss"], "warm": b["eval_loss"]}
            for a, b in zip(scratch["log"], warm["log"]) if "eval_loss" in a and "eval_loss" in b],
     }

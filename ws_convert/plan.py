@@ -418,7 +418,8 @@ def _rotary_dim(arch: Architecture, source: Source, head_dim: int, origin: str) 
         held = [(f"'{k}' in 'rope_parameters'" if h is rope else f"'{k}'", h[k])
                 for h, k in ((rope, "partial_rotary_factor"), (config, "partial_rotary_factor"), (config, "rotary_pct"))
                 if isinstance(h, dict) and h.get(k) is not None]
-        key, factor = held[0] if held else ("the default rotary fraction", arch.defaults.get("partial_rotary_factor", 1.0))
+        key, factor = held[0] if held else ("the default rotary fraction",
+                                            arch.defaults.get("partial_rotary_factor", 1.0))
         if type(factor) not in (int, float) or not 0 < factor <= 1:
             raise PlanError(f"{source.config_name}: {key} is {shown(factor)}, not a fraction from 0 to 1")
         dims = int(head_dim * factor)
@@ -494,6 +495,7 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
         raise PlanError(f"--head-policy must be one of {', '.join(HEAD_POLICIES)}")
     if o.head_policy == "heads":
         heads, kv, hd = Fraction(src.heads * w2, w), Fraction(src.kv_heads * w2, w), Fraction(src.head_dim)
+        rotary = Fraction(src.rotary_dim)
         if multi_query(arch, src):
             kv = Fraction(1)
         if not _whole(heads):
@@ -541,9 +543,8 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     if embed is not None and not _whole(embed):
         raise PlanError(f"--to-width {w2} would give the embedding projection {float(embed):g} dims "
                         f"({src.embed} at width {w}), not a whole number")
-    rotary = src.rotary_dim if o.head_policy == "heads" else src.rotary_dim * w2 // w
     return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx,
-                 None if embed is None else int(embed), rotary, src.experts, **experts_ffn)
+                 None if embed is None else int(embed), int(rotary), src.experts, **experts_ffn)
 
 
 def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]:

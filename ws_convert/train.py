@@ -85,7 +85,8 @@ EVAL_SEED = 7919
 
 # Settings a resumed run may change: they touch logging and speed, not the trajectory.
 FREE_ON_RESUME = ("out", "device", "compile", "eval_every", "eval_batches", "checkpoint_every", "overwrite")
-MODEL_SETTINGS = ("arch", "width", "depth", "heads", "kv_heads", "ffn", "base_width", "init_std")  # unused when init_from gives the model
+# unused when init_from gives the model
+MODEL_SETTINGS = ("arch", "width", "depth", "heads", "kv_heads", "ffn", "base_width", "init_std")
 
 
 def _trajectory(settings: dict) -> dict:

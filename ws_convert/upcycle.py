@@ -27,8 +27,8 @@ def mixture_of(dense: Architecture, model_type: str) -> Architecture:
     found = next((a for a in ALL if model_type in a.upcycles), None)
     if found is None:
         takes = sorted({t for a in ALL for t in a.upcycles})
-        raise PlanError(f"--to-experts: a {dense.name} model (model_type {shown(model_type)}) has no mixture-of-experts "
-                        f"counterpart here; upcycling takes {', '.join(takes)}")
+        raise PlanError(f"--to-experts: a {dense.name} model (model_type {shown(model_type)}) has no "
+                        f"mixture-of-experts counterpart here; upcycling takes {', '.join(takes)}")
     return found
 
 

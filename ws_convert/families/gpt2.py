@@ -3,6 +3,15 @@ c_attn of [q | k | v], learned positions, LayerNorm with biases."""
 
 from ..architectures import Architecture, tensors
 
+# token and learned position embeddings, a final LayerNorm: GPT-Neo and GPT-BigCode have the same
+GPT2_GLOBALS = tensors("""
+    {p}wte.weight      V W   input
+    {p}wpe.weight      C W   input
+    {p}ln_f.weight     W     norm_gain
+    {p}ln_f.bias       W     norm_bias
+    lm_head.weight     V W   output@1   optional
+""")
+
 GPT2 = Architecture(
     name="gpt2",
     model_types=("gpt2",),
@@ -12,13 +21,7 @@ GPT2 = Architecture(
           "ctx": ("max_position_embeddings", "n_positions")},
     prefixes=("transformer.", ""),
     layer="{p}h.{i}.",
-    globals=tensors("""
-        {p}wte.weight      V W   input
-        {p}wpe.weight      C W   input
-        {p}ln_f.weight     W     norm_gain
-        {p}ln_f.bias       W     norm_bias
-        lm_head.weight     V W   output@1   optional
-    """),
+    globals=GPT2_GLOBALS,
     blocks=tensors("""
         ln_1.weight          W            norm_gain
         ln_1.bias            W            norm_bias

@@ -3,6 +3,7 @@ as [out, in]; c_attn is [q heads | one k | one v] with multi-query (the kv
 head stays one as heads are added), or per head [q, k, v] without it."""
 
 from ..architectures import Architecture, tensors
+from .gpt2 import GPT2_GLOBALS
 
 
 def blocks(qkv: str) -> tuple:
@@ -29,13 +30,7 @@ MULTI_QUERY = Architecture(
           "kv_heads": ("num_key_value_heads",), "layers": ("num_hidden_layers", "n_layer"), "vocab": ("vocab_size",),
           "ctx": ("max_position_embeddings", "n_positions")},
     prefixes=("transformer.",), layer="{p}h.{i}.",
-    globals=tensors("""
-        {p}wte.weight      V W   input
-        {p}wpe.weight      C W   input
-        {p}ln_f.weight     W     norm_gain
-        {p}ln_f.bias       W     norm_bias
-        lm_head.weight     V W   output@1   optional
-    """),
+    globals=GPT2_GLOBALS,
     blocks=blocks("Q+KV+KV"), fixed={"kv_heads": 1},
     tied=("lm_head.weight", "{p}wte.weight"), tie_default=True, ffn_default=4,
     when={"multi_query": True}, defaults={"multi_query": True})

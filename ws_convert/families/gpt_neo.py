@@ -3,6 +3,7 @@ learned positions, global and local attention layers listed per layer in
 attention_types runs. It does not scale attention scores by 1/sqrt(head_dim)."""
 
 from ..architectures import Architecture, tensors
+from .gpt2 import GPT2_GLOBALS
 
 ARCHITECTURES = (Architecture(
     name="gpt_neo", model_types=("gpt_neo",), classes=("GPTNeoForCausalLM",),
@@ -10,13 +11,7 @@ ARCHITECTURES = (Architecture(
           "layers": ("num_hidden_layers", "num_layers"), "vocab": ("vocab_size",),
           "ctx": ("max_position_embeddings",)},
     prefixes=("transformer.",), layer="{p}h.{i}.",
-    globals=tensors("""
-        {p}wte.weight      V W   input
-        {p}wpe.weight      C W   input
-        {p}ln_f.weight     W     norm_gain
-        {p}ln_f.bias       W     norm_bias
-        lm_head.weight     V W   output@1   optional
-    """),
+    globals=GPT2_GLOBALS,
     blocks=tensors("""
         ln_1.weight                        W         norm_gain
         ln_1.bias                          W         norm_bias
