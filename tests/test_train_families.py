@@ -101,8 +101,10 @@ def test_a_grown_family_continues_under_mup(tmp_path, text, tokenizer):
     from mup import MuAdamW
     groups = MuAdamW(model.parameters(), lr=1.0).param_groups
     assert any(g["lr"] == 0.5 and any(p is up for p in g["params"]) for g in groups)
-    result = train(TrainConfig(**TINY, steps=4, data=text, init_from=str(grown), out=str(tmp_path / "warm")))
+    assert (Path(grown) / "log.jsonl").is_file()  # the small run's log, which grow copied beside the weights
+    result = train(TrainConfig(**TINY, steps=3, data=text, init_from=str(grown), out=str(tmp_path / "warm")))
     assert math.isfinite(result["final_eval_loss"])
+    assert len((tmp_path / "warm" / "log.jsonl").read_text().splitlines()) == 3  # this run's, not the source's
     assert load_hf(tmp_path / "warm").config.hidden_size == 64
     assert (tmp_path / "warm" / "tokenizer.json").is_file()  # the tokenizer came with the grown model
 

@@ -102,10 +102,18 @@ def _array_code(width: int) -> str:
     return next(code for code in "HIL" if array.array(code).itemsize == width)
 
 
+def is_tokenizer_file(name: str) -> bool:
+    return name in TOKENIZER_FILES or name.endswith(".tiktoken")
+
+
+def tokenizer_files(path: Path) -> list[Path]:
+    """The files a tokenizer was saved as in folder `path` (none if it is not a folder)."""
+    return sorted(p for p in path.iterdir() if is_tokenizer_file(p.name) and p.is_file()) if path.is_dir() else []
+
+
 def _open_tokenizer(path: Path) -> tuple[Any, str]:
     """The tokenizer saved in `path`, and a digest of its files' bytes."""
-    files = sorted(p for p in path.iterdir() if p.name in TOKENIZER_FILES or p.suffix == ".tiktoken") \
-        if path.is_dir() else []
+    files = tokenizer_files(path)
     if not files:
         raise DataError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...); "
                         "give the folder the model's tokenizer was saved to")

@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import hf_model, sharding
-from .engine import side_files
 from .errors import CheckpointError, OutputError, WsConvertError
 from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
 from .reader import open_checkpoint, read_header
@@ -108,7 +107,7 @@ MODEL_NAME, OPTIMIZER_NAME, CONFIG_NAME = "model.safetensors", "optimizer.pt", "
 CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")
 # What a run's --out holds only if it is that run's (or replaced with --overwrite): the names the
 # trainer writes over, and any other model's weights.
-MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt)|config\.json|loss\.png|log\.jsonl")
+MODEL_FILE = re.compile(r".*\.(safetensors|safetensors\.index\.json|bin|pt|pth|ckpt|bsh)|config\.json|loss\.png|log\.jsonl")
 LEFTOVER = re.compile(r"\.(checkpoint-[0-9]+|[^/]+)\.partial-([0-9]+)")
 
 
@@ -134,7 +133,8 @@ def _check_out(out: Path, c: TrainConfig) -> Path | None:
     found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
     if found:
         return max(found)[1]
-    theirs = sorted(p.name for p in out.iterdir() if MODEL_FILE.fullmatch(p.name))
+    theirs = sorted(p.name for p in out.iterdir()
+                    if MODEL_FILE.fullmatch(p.name) or data_mod.is_tokenizer_file(p.name))
     if {MODEL_NAME, OPTIMIZER_NAME} <= set(theirs) and not c.overwrite:
         raise OutputError(f"{out}: holds a run in the layout of ws-convert before 0.2.0 ({MODEL_NAME} beside "
                           f"{OPTIMIZER_NAME}), which cannot be resumed; keep its weights with "
@@ -167,9 +167,8 @@ class _Source:
             (directory / CONFIG_NAME).write_text(config_json(model.config))
             return
         hf_model.write(model, directory, metadata, state)
-        if self.tokenizer is not None:
-            for name in side_files(self.tokenizer)[0]:
-                shutil.copyfile(self.tokenizer / name, directory / name)
+        for path in data_mod.tokenizer_files(self.tokenizer) if self.tokenizer is not None else ():
+            shutil.copyfile(path, directory / path.name)
 
 
 def _is_family(path: Path) -> bool:
@@ -186,10 +185,8 @@ def _tokenizer_dir(c: TrainConfig, family: bool) -> Path | None:
     """--tokenizer, else the tokenizer that came with --init-from's model."""
     if c.tokenizer:
         return Path(c.tokenizer)
-    if family and c.init_from and Path(c.init_from).is_dir():
-        src = Path(c.init_from)
-        if any((src / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
-            return src
+    if family and c.init_from and data_mod.tokenizer_files(Path(c.init_from)):
+        return Path(c.init_from)
     return None
 
 
