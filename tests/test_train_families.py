@@ -271,3 +271,12 @@ def test_a_family_model_is_really_mup():
     sp = [mlp_size(w, torch.optim.AdamW) for w in widths]
     assert max(mu) / mu[0] < 2.0, mu  # 16x the width, no growth
     assert sp[-1] / sp[0] > 50, sp
+
+
+def test_an_out_holding_another_models_tokenizer_is_refused(tmp_path, text, tokenizer):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("{}")  # someone else's
+    with pytest.raises(WsConvertError, match="holds tokenizer.json but no training checkpoint"):
+        train(TrainConfig(**TINY, arch="llama", steps=1, data=text, tokenizer=str(tokenizer), out=str(out)))
+    assert (out / "tokenizer.json").read_text() == "{}"
