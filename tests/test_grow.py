@@ -192,11 +192,38 @@ def test_ctrl_c_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "w.safetensors"]
 
 
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """A tiny float32 Llama of width 30, 3 heads of 10 and an ffn of 60: rows
+    of 60 and 120 bytes, so chunks sharing a buffer sit at offsets that are
+    no multiple of 16 unless the engine aligns them."""
+    cls, config = tiny("llama", width=30, heads=3, kv_heads=3, layers=2)
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("src") / "odd"
+    cls(config).save_pretrained(out)
+    return out
+
+
+# (source fixture, width, options): chunk sizes that split rows, share slots among
+# many small tensors or hold a whole tensor; source dtypes other than the output's
+# (a float32 source staged for a bfloat16 output takes more bytes than the output); copies.
+GPU_RUNS = [("small", 128, dict(chunk_bytes=5000)), ("small", 128, dict(chunk_bytes=1000)),
+            ("small", 128, dict(chunk_bytes=77777)), ("small", 128, dict()),
+            ("small", 128, dict(dtype="float32", chunk_bytes=3000)), ("small", 128, dict(to_depth=4, chunk_bytes=9000)),
+            ("odd", 60, dict(dtype="bfloat16", chunk_bytes=3000)), ("odd", 60, dict(chunk_bytes=50000)),
+            ("odd", 60, dict(dtype="float16", chunk_bytes=700))]
+
+
+def source_of(request, which: str) -> Path:
+    return request.getfixturevalue("small")[0] if which == "small" else request.getfixturevalue(which)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(_ext.cuda is None or not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_and_cpu_write_the_same_bytes(small, tmp_path):
-    src, _, _ = small
-    cpu = grow(src, 128, out=tmp_path / "cpu", device="cpu", chunk_bytes=5000)
-    gpu = grow(src, 128, out=tmp_path / "gpu", device="cuda", chunk_bytes=5000)
+@pytest.mark.parametrize("which,width,kw", GPU_RUNS, ids=str)
+def test_gpu_and_cpu_write_the_same_bytes(request, tmp_path, which, width, kw):
+    src = source_of(request, which)
+    cpu = grow(src, width, out=tmp_path / "cpu", device="cpu", **kw)
+    gpu = grow(src, width, out=tmp_path / "gpu", device="cuda:0", **kw)
     assert gpu.device.startswith("cuda")
     assert files_bytes(cpu.out) == files_bytes(gpu.out)

@@ -271,7 +271,7 @@ class _Stream:
 
     def submit(self, t: TensorPlan, seed: int, r0: int, r1: int, s0: int, s1: int) -> None:
         n = (r1 - r0) * t.row_bytes
-        if self.used + n > self.chunk_bytes:
+        if self.chunks and not self.fits(t, n, s0, s1):
             self.flush()
         if not self.chunks:
             if self.pending[self.slot] is not None:
@@ -285,6 +285,11 @@ class _Stream:
         self.used += n
         if not self.share:
             self.flush()
+
+    def fits(self, t: TensorPlan, n: int, s0: int, s1: int) -> bool:
+        """Whether a chunk of n output bytes (source rows [s0, s1)) still fits
+        the slot being filled."""
+        return self.used + n <= self.chunk_bytes
 
     def start(self, k: int) -> None:
         """Slot k is free (its chunks were handed to the sink) and about to be filled."""
@@ -350,7 +355,49 @@ class _KernelBatch:
         return memoryview(self.arena)[self.used - n:self.used]
 
 
-class _CpuStream(_Stream):
+class _KernelStream(_Stream):
+    """A stream that calls a compiled kernel on raw addresses with the
+    keyword record of `kernel_args`, built once per kind of tensor."""
+
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int):
+        super().__init__(sink, ckpt, chunk_bytes)
+        self.templates: dict[tuple, dict] = {}
+
+    def call(self, t: TensorPlan, seed: int, out_ptr: int, r0: int, r1: int, src_ptr: int, src_nbytes: int,
+             s0: int) -> dict:
+        """The kernel's arguments for output rows [r0, r1) of `t` at `out_ptr`,
+        from `src_nbytes` bytes of source rows from s0 at `src_ptr`."""
+        return dict(self.template(t, seed, src_nbytes > 0), out_ptr=out_ptr, out_nbytes=(r1 - r0) * t.row_bytes,
+                    row_start=r0, row_stop=r1, src_ptr=src_ptr if src_nbytes else 0, src_nbytes=src_nbytes,
+                    src_row_start=s0, tid=tensor_id(t.noise_name))
+
+    def template(self, t: TensorPlan, seed: int, lands: bool) -> dict:
+        """`kernel_args` of a chunk of `t` but for the fields `call` fills in
+        per chunk (where, which rows, which tensor). Shared by every tensor of
+        the same shapes, dtypes, maps and knobs: a checkpoint of many small
+        tensors has few distinct ones. `lands`: the chunk reads source bytes
+        (for none, the kernel takes no source and no maps)."""
+        src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
+        key = (t.shape, t.src_shape, t.maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype, src_dtype, seed,
+               lands)
+        args = self.templates.get(key)
+        if args is None:
+            shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
+            out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
+            src = None if src_dtype is None else \
+                Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
+            args = self.templates[key] = kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink,
+                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0)
+        return args
+
+    def source_nbytes(self, t: TensorPlan, s0: int, s1: int) -> int:
+        if t.source is None:
+            return 0
+        info = self.ckpt.info(t.source)
+        return (s1 - s0) * info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
+
+
+class _CpuStream(_KernelStream):
     """The compiled CPU kernel on raw buffers: no tensors, no torch. Each
     chunk's call is validated as its source rows are read (into the slot's
     arena), and a slot's calls run as one batch on a thread of their own,
@@ -367,7 +414,6 @@ class _CpuStream(_Stream):
         self.arenas = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.batches = [_KernelBatch(a) for a in self.arenas]
         self.kernel = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-kernel")
-        self.templates: dict[tuple, dict] = {}
 
     def slot_bytes(self, k: int) -> memoryview:
         return memoryview(self.slots[k])
@@ -380,34 +426,11 @@ class _CpuStream(_Stream):
 
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         batch = self.batches[k]
-        src_ptr = src_nbytes = 0
-        if t.source is not None:
-            view = self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
-            src_nbytes = view.nbytes
-            src_ptr = address(view) if src_nbytes else 0
-        args = dict(self.template(t, seed, src_nbytes > 0), out_ptr=self.addresses[k] + offset,
-                    out_nbytes=(r1 - r0) * t.row_bytes, row_start=r0, row_stop=r1, src_ptr=src_ptr,
-                    src_nbytes=src_nbytes, src_row_start=s0, tid=tensor_id(t.noise_name))
+        view = None if t.source is None else self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
+        src_nbytes = 0 if view is None else view.nbytes
+        args = self.call(t, seed, self.addresses[k] + offset, r0, r1, address(view) if src_nbytes else 0,
+                         src_nbytes, s0)
         batch.calls.append(_ext.cpu.prepare(args))
-
-    def template(self, t: TensorPlan, seed: int, lands: bool) -> dict:
-        """`kernel_args` of a chunk of `t` but for the fields that compute
-        fills in per chunk (where, which rows, which tensor). Shared by every
-        tensor of the same shapes, dtypes, maps and knobs: a checkpoint of
-        many small tensors has few distinct ones. `lands`: the chunk reads
-        source bytes (for none, the kernel takes no source and no maps)."""
-        src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
-        key = (t.shape, t.src_shape, t.maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype, src_dtype, seed,
-               lands)
-        args = self.templates.get(key)
-        if args is None:
-            shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
-            out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
-            src = None if src_dtype is None else \
-                Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
-            args = self.templates[key] = kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink,
-                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0)
-        return args
 
     def flush(self) -> None:
         if self.chunks:
@@ -422,70 +445,147 @@ class _CpuStream(_Stream):
             self.kernel.shutdown(wait=True, cancel_futures=True)
 
 
-class _TorchStream(_Stream):
-    """Tensors through `szp()`: on a GPU via pinned host buffers and a CUDA
-    stream, or the PyTorch reference on the CPU when the extension is missing."""
+ALIGN = 16  # device offsets of chunks in a slot: the kernel's widest access
 
-    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None, device: str):
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class _CudaStream(_KernelStream):
+    """The compiled CUDA kernel, fed by a staging thread. The main thread only
+    places each chunk in its slot; the staging thread reads the chunk's
+    source rows from the file into the slot's pinned arena and enqueues, on
+    one CUDA stream, the copy to the device, the kernel and the copy of the
+    output back into the slot's pinned host bytes; the sink thread waits for
+    the slot's last copy and writes it. So reading the source, the device's
+    copies and kernels, and writing the output overlap, and the Python work
+    of planning the next chunks runs beside all of them. Small chunks share
+    a slot, each at an offset aligned for the kernel's 16-byte accesses."""
+
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, device: str):
         import torch
 
         super().__init__(sink, ckpt, chunk_bytes)
-        self.device, self.threads = torch.device(device), threads
-        self.gpu = self.device.type == "cuda"
-        self.share = not self.gpu  # a slot's source staging is in flight until its chunk is done
-        self.events: list[torch.cuda.Event | None] = [None] * SLOTS  # a slot's chunk copied to the host
-        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
-        self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=self.gpu) for _ in range(SLOTS)]
-        if self.gpu:
-            self.stream = torch.cuda.Stream(self.device)
-            self.dev_in = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
-            self.dev_out = [torch.empty(chunk_bytes, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
+        self.device = torch.device(device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream(self.device)
+        self.handle = self.stream.cuda_stream
+        self.host = [self._pinned(chunk_bytes) for _ in range(SLOTS)]
+        self.arena = [self._pinned(chunk_bytes) for _ in range(SLOTS)]  # source rows, staged
+        self.dev_in = [self._device(chunk_bytes) for _ in range(SLOTS)]
+        self.dev_out = [self._device(2 * chunk_bytes) for _ in range(SLOTS)]  # room for the alignment gaps
+        self.src_used, self.dev_used = 0, 0  # of the slot being filled, aligned
+        self.staged: list[list[Future]] = [[] for _ in range(SLOTS)]  # a slot's jobs on the staging thread
+        self.events = [torch.cuda.Event() for _ in range(SLOTS)]
+        self.stager = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-stage",
+                                         initializer=torch.cuda.set_device, initargs=(self.device,))
+
+    def _pinned(self, n: int) -> torch.Tensor:
+        import torch
+
+        return torch.empty(max(n, 1), dtype=torch.uint8, pin_memory=True)
+
+    def _device(self, n: int) -> torch.Tensor:
+        import torch
+
+        return torch.empty(max(n, 1), dtype=torch.uint8, device=self.device)
 
     def slot_bytes(self, k: int) -> memoryview:
         return tensor_bytes(self.host[k])
 
+    def fits(self, t, n, s0, s1):
+        return (super().fits(t, n, s0, s1) and self.dev_used + n <= self.dev_out[self.slot].numel()
+                and self.src_used + self.source_nbytes(t, s0, s1) <= self.arena[self.slot].numel())
+
     def start(self, k: int) -> None:
-        self.events[k] = None
+        self.src_used, self.dev_used, self.staged[k] = 0, 0, []
 
     def ready(self, k: int) -> None:
-        if self.events[k] is not None:
-            self.events[k].synchronize()
+        for job in self.staged[k]:
+            job.result()  # re-raises a staging error
+        self.events[k].synchronize()
+
+    def _room(self, k: int, n: int, src_n: int) -> None:
+        """Slot k (empty, its last use finished) made large enough for one
+        chunk larger than a slot."""
+        if src_n > self.arena[k].numel():
+            self.arena[k], self.dev_in[k] = self._pinned(src_n), self._device(src_n)
+        if n > self.dev_out[k].numel():
+            self.dev_out[k] = self._device(n)
+
+    def compute(self, k, offset, t, seed, r0, r1, s0, s1):
+        n, src_n = (r1 - r0) * t.row_bytes, self.source_nbytes(t, s0, s1)
+        if not self.chunks:
+            self._room(k, n, src_n)
+        src_at, dev_at = self.src_used, self.dev_used
+        self.src_used, self.dev_used = _aligned(src_at + src_n), _aligned(dev_at + n)
+        self.staged[k].append(self.stager.submit(self._stage, k, offset, dev_at, src_at, t, seed, r0, r1, s0, s1))
+
+    def copy(self, k, offset, t, r0, r1):
+        self.staged[k].append(self.stager.submit(super().copy, k, offset, t, r0, r1))
+
+    def _stage(self, k: int, offset: int, dev_at: int, src_at: int, t: TensorPlan, seed: int, r0: int, r1: int,
+               s0: int, s1: int) -> None:
+        import torch
+
+        n = (r1 - r0) * t.row_bytes
+        src_ptr, src_n = 0, 0
+        with torch.cuda.stream(self.stream):
+            if t.source is not None:
+                staged = tensor_bytes(self.arena[k])[src_at:]
+                src_n = self.ckpt.read_rows(t.source, s0, s1, lambda nb: staged[:nb]).nbytes
+                self.dev_in[k][src_at:src_at + src_n].copy_(self.arena[k][src_at:src_at + src_n], non_blocking=True)
+                src_ptr = self.dev_in[k].data_ptr() + src_at
+            _ext.cuda.szp(self.call(t, seed, self.dev_out[k].data_ptr() + dev_at, r0, r1, src_ptr, src_n, s0),
+                          self.handle)
+            self.host[k][offset:offset + n].copy_(self.dev_out[k][dev_at:dev_at + n], non_blocking=True)
+
+    def flush(self) -> None:
+        if self.chunks:
+            self.staged[self.slot].append(self.stager.submit(self.events[self.slot].record, self.stream))
+        super().flush()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.stager.shutdown(wait=True, cancel_futures=True)
+            self.stream.synchronize()  # no copy may still use the buffers freed after this
+
+
+class _TorchStream(_Stream):
+    """The PyTorch reference on the CPU, when the compiled module is missing."""
+
+    def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int, threads: int | None):
+        import torch
+
+        super().__init__(sink, ckpt, chunk_bytes)
+        self.threads = threads
+        self.host = [torch.empty(chunk_bytes, dtype=torch.uint8) for _ in range(SLOTS)]
+        self.staging = [torch.empty(chunk_bytes, dtype=torch.uint8) for _ in range(SLOTS)]
+
+    def slot_bytes(self, k: int) -> memoryview:
+        return tensor_bytes(self.host[k])
 
     def source_buffer(self, k: int, n: int) -> memoryview:
-        """Slot k's source staging (pinned on a GPU), grown to n bytes if smaller."""
+        """Slot k's source staging, grown to n bytes if smaller."""
         import torch
 
         if n > self.staging[k].numel():
-            self.staging[k] = torch.empty(n, dtype=torch.uint8, pin_memory=self.gpu)
-            if self.gpu:
-                self.dev_in[k] = torch.empty(n, dtype=torch.uint8, device=self.device)
+            self.staging[k] = torch.empty(n, dtype=torch.uint8)
         return tensor_bytes(self.staging[k])
 
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
-        import torch
-
         from .torch_dtypes import DTYPES
 
         src = source_rows(self.ckpt, t, s0, s1, lambda nb: self.source_buffer(k, nb))
         shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
-        dtype = DTYPES[t.dtype]
         n = (r1 - r0) * t.row_bytes
-        host_out = self.host[k][offset:offset + n].view(dtype).reshape(shape)
-        rows = (r0, r1) if t.shape else None
-        if not self.gpu:
-            run_tensor(t, src, seed, rows=rows, src_row_start=s0, out=host_out, threads=self.threads)
-            return
-        with torch.cuda.stream(self.stream):
-            dev_src = None
-            if src is not None:
-                nb = src.numel() * src.element_size()
-                dev_src = self.dev_in[k][:nb].view(src.dtype).reshape(src.shape)
-                dev_src.copy_(src, non_blocking=True)
-            dev_out = self.dev_out[k][:n].view(dtype).reshape(shape)
-            run_tensor(t, dev_src, seed, rows=rows, src_row_start=s0, out=dev_out, device=self.device)
-            host_out.copy_(dev_out, non_blocking=True)
-            self.events[k] = torch.cuda.Event()
-            self.events[k].record(self.stream)
+        host_out = self.host[k][offset:offset + n].view(DTYPES[t.dtype]).reshape(shape)
+        run_tensor(t, src, seed, rows=(r0, r1) if t.shape else None, src_row_start=s0, out=host_out,
+                   threads=self.threads)
 
 
 def reading_order(ckpt: Checkpoint, tensors: list[TensorPlan]) -> list[TensorPlan]:
@@ -515,8 +615,12 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
         return
     largest_row = max(t.row_bytes for t in tensors)
     chunk_bytes = max(chunk_bytes, largest_row)  # a chunk holds at least one row
-    stream = (_CpuStream(sink, ckpt, chunk_bytes, threads) if device == "cpu" and _ext.cpu is not None
-              else _TorchStream(sink, ckpt, chunk_bytes, threads, device))
+    if device != "cpu":
+        stream: _Stream = _CudaStream(sink, ckpt, chunk_bytes, device)
+    elif _ext.cpu is not None:
+        stream = _CpuStream(sink, ckpt, chunk_bytes, threads)
+    else:
+        stream = _TorchStream(sink, ckpt, chunk_bytes, threads)
     try:
         for i, t in enumerate(tensors):
             for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
