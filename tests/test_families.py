@@ -105,6 +105,23 @@ def test_zero_padding_keeps_the_logits(source, tmp_path):
     assert same == (case not in ("bloom",)), case  # ALiBi slopes change with the head count
 
 
+@pytest.mark.parametrize("depth", [3, 4])
+def test_identity_blocks_keep_the_logits(source, tmp_path, depth):
+    """--depth-policy identity, shrink 1, no noise: the copied blocks start with
+    their output projections zero, so the deeper model computes the source's
+    logits, real norms and all; and each copy sits after the layer it copies."""
+    case, path = source
+    out = tmp_path / "deep"
+    cli("grow", path, "--to-depth", depth, "--depth-policy", "identity", "--shrink", 1, "--perturb", 0, "-o", out,
+        "-q")
+    before, after = load(case, path), load(case, out)
+    assert after.config.num_hidden_layers == depth
+    x = ids(before.config)
+    assert torch.allclose(logits(after, x), logits(before, x), rtol=1e-12, atol=1e-12), case
+    plan = json.loads(cli("plan", path, "--to-depth", depth, "--depth-policy", "identity", "--json"))
+    assert plan["layer_sources"] == {3: [0, 1, 1], 4: [0, 0, 1, 1]}[depth]
+
+
 @pytest.mark.parametrize("args", [("--to-depth", 4), ("--to-width", TO, "--to-depth", 4),
                                   ("--to-width", TO, "--head-policy", "head-dim")],
                          ids=["depth", "width-and-depth", "head-dim"])

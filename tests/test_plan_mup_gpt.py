@@ -103,3 +103,20 @@ def test_growth_adds_no_noise_where_the_model_starts_at_zero(zero_query):
     assert (not new[64:].any() and not new[:, 64:].any()) == zero_query
     readout = next(t for t in plan.tensors if t.name == "lm_head.weight")
     assert readout.noise_std == 0 and torch.equal(grown["lm_head.weight"][:, :64], torch.tensor(0.4) * state["lm_head.weight"])
+
+
+def test_identity_blocks_keep_the_gpt_logits():
+    """--depth-policy identity on the bundled GPT: the two copied blocks start
+    with zero output projections, so the 4-layer model is the 2-layer one."""
+    model, state = small()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # a trained model: no zero query, no zero readout
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grown, plan = grow_state_dict(state, to_depth=4, depth_policy="identity", config=model.config.to_dict(), **EXACT)
+    assert plan.layer_sources == [0, 0, 1, 1]
+    big = build(GPTConfig.from_dict(plan.config), init=False)
+    big.load_state_dict(grown)
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(big(x), model(x), rtol=1e-6, atol=1e-6)

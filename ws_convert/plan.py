@@ -24,7 +24,7 @@ from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.MOE_FFN, Kind.SHARED_FFN, Kind.Q, Kind.KV, Kind.EMBED}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
 HEAD_POLICIES = ("heads", "head-dim")
-DEPTH_POLICIES = ("stack", "interleave", "init")
+DEPTH_POLICIES = ("stack", "interleave", "init", "identity")
 NORM_POLICIES = ("shrink", "copy")
 NORM_ROLES = (Role.NORM_GAIN, Role.NORM_BIAS)
 MAX_DIM = 2**63 - 1  # no axis of a tensor that can be stored is longer
@@ -553,7 +553,34 @@ def layer_sources(src_layers: int, layers: int, policy: str) -> list[int | None]
         return [j % src_layers for j in range(layers)]
     if policy == "interleave":
         return [j * src_layers // layers for j in range(layers)]
+    if policy == "identity":
+        return [s for s, _ in identity_blocks(src_layers, layers)]
     return [j if j < src_layers else None for j in range(layers)]
+
+
+def identity_blocks(src_layers: int, layers: int) -> list[tuple[int, bool]]:
+    """Block expansion: (source layer, is a copy) per target layer. The k new
+    blocks are spread evenly, copy i after source layer (i + 1) * L // k - 1,
+    so each group of layers gains a copy of its last layer."""
+    k = layers - src_layers
+    after = [(i + 1) * src_layers // k - 1 for i in range(k)] if k else []
+    out = []
+    for s in range(src_layers):
+        out.append((s, False))
+        out.extend((s, True) for a in after if a == s)
+    return out
+
+
+def writes_residual(p: Param) -> bool:
+    """A block tensor that adds to the residual stream: a matrix whose output
+    axis is the width (attention and MLP output projections, every expert's
+    down projection) or a bias along the width. Zero in a copied block, they
+    make the block the identity (a post-norm of zero is zero too)."""
+    if p.role == Role.VECTOR:
+        return p.axes == (Kind.WIDTH,)
+    if p.role != Role.HIDDEN or len(p.axes) != 2 or p.fan_in is None:
+        return False
+    return p.axes[1 - p.fan_in] == Kind.WIDTH
 
 
 # -- layouts ---------------------------------------------------------------
@@ -796,6 +823,8 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     config = source.config or {}
     tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
+    copies = {j for j, (_, copy) in enumerate(identity_blocks(src.layers, dst.layers)) if copy} \
+        if options.depth_policy == "identity" else set()
     # μP base shapes: the source's own, or scaled to the base width its config names
     base_width = config_sizes(arch.keys, source, arch.nullable).get("base_width", (src.width,))[0]
 
@@ -804,6 +833,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
         return name.format(p=prefix, i=i)
 
     wanted: list[tuple[Param, str, str | None]] = []  # (spec, output name, source name)
+    zeroed: set[str] = set()  # the residual writers of copied blocks (--depth-policy identity)
     for p in arch.globals:
         if full(p, None) in source.tensors:
             wanted.append((p, full(p, None), full(p, None)))
@@ -822,6 +852,8 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                 raise PlanError(f"{source.path}: missing tensor '{full(p, s_p if s_p is not None else 0)}'")
             if present:
                 wanted.append((p, full(p, j), full(p, s_p) if s_p is not None else None))
+                if j in copies and writes_residual(p):
+                    zeroed.add(full(p, j))
     known = {name for _, name in _arch_params(arch, prefix, src.layers, src.experts)}
     unknown = sorted(set(source.tensors) - known)
     if unknown:
@@ -839,6 +871,8 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
                 axis_size(a, src) or 1 for a in p.axes)
         else:
             dtype, src_shape = source.tensors[src_name or full(p, 0)]
+        if name in zeroed:
+            src_name = None
         key = (p.axes, src_shape)
         if key not in layouts:  # the rows of a table repeat over layers and experts
             sized = [axis_size(a, src) is not None for a in p.axes]
@@ -872,7 +906,9 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             off = arch.norm_offset
             init = Constant(perturb * init.value - off, on_source=perturb * init.source_value + (shrink - 1) * off)
             perturb, note = 1.0, note or f"stored as gain - {off:g}"
-        if src_name is None:
+        if name in zeroed:
+            init, shrink, perturb, note = Constant(0.0), 0.0, 1.0, "copied block: its output starts at zero"
+        elif src_name is None:
             note = "pure init" if p.name in created else "new layer, pure init"
         elif src_name != name:
             note = note or f"from {src_name}"
