@@ -25,7 +25,7 @@ inline DType dtype_from(const py::handle& h) {
 
 inline const char* const kArgNames[] = {
     "out_ptr", "out_nbytes", "out_dtype", "out_shape", "row_start", "row_stop",
-    "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps",
+    "src_ptr", "src_nbytes", "src_dtype", "src_shape", "src_row_start", "maps", "noise_maps",
     "shrink", "noise_scale", "constant", "constant_src", "noise", "seed", "tid"};
 
 // Throws for the first key of `kw` that names no argument.
@@ -64,11 +64,21 @@ inline SZPArgs args_from(const py::dict& kw) {
   for (const auto& axis : get("maps")) {
     std::vector<Segment> segs;
     for (const auto& seg : axis) {
-      const auto t = seg.cast<std::vector<int64_t>>();
-      if (t.size() != 3) throw std::invalid_argument("a segment is (dst, src, length)");
-      segs.push_back({t[0], t[1], t[2]});
+      const auto t = seg.cast<py::sequence>();
+      if (t.size() != 3 && t.size() != 4) throw std::invalid_argument("a segment is (dst, src, length[, scale])");
+      segs.push_back({t[0].cast<int64_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
+                      t.size() == 4 ? t[3].cast<float>() : 1.f});
     }
     a.maps.push_back(std::move(segs));
+  }
+  for (const auto& axis : get("noise_maps")) {
+    std::vector<NoiseSegment> segs;
+    for (const auto& seg : axis) {
+      const auto t = seg.cast<std::vector<int64_t>>();
+      if (t.size() != 4) throw std::invalid_argument("a noise segment is (dst, at, length, sign)");
+      segs.push_back({t[0], t[1], t[2], t[3]});
+    }
+    a.noise_maps.push_back(std::move(segs));
   }
   a.shrink = get("shrink").cast<float>();
   a.noise_scale = get("noise_scale").cast<float>();

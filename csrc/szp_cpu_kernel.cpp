@@ -95,17 +95,18 @@ void chunk(const SZPCall& c, int64_t e0, int64_t e1) {
   using T = typename Storage<O>::type;
   alignas(64) float buf[kChunk + 8];
   alignas(64) float src_buf[kChunk + 8];  // constant init: what lands on source elements
+  alignas(64) float drawn[kChunk + 8];    // one run's noise, where it is drawn elsewhere
   const int64_t b0 = e0 >> 2;
   float scale = c.noise_scale;
   const float* add = buf + (e0 - 4 * b0);
   const float* add_src = add;
-  if (c.noise) {
-    fill_noise(static_cast<uint64_t>(b0), ((e1 + 3) >> 2) - b0, c.tid, c.seed, buf);
-  } else {  // constant init: add f32(perturb * c) = 1 * constant
+  if (!c.noise) {  // constant init: add f32(perturb * c) = 1 * constant
     std::fill(buf, buf + (e1 - 4 * b0), c.constant);
     std::fill(src_buf, src_buf + (e1 - 4 * b0), c.constant_src);
     add_src = src_buf + (e0 - 4 * b0);
     scale = 1.0f;
+  } else if (c.plain_noise) {  // else each run draws its own, below
+    fill_noise(static_cast<uint64_t>(b0), ((e1 + 3) >> 2) - b0, c.tid, c.seed, buf);
   }
   const float az = c.shrink * 0.0f;  // the shrunk zero of padded positions
   const int64_t es = dtype_size(S);
@@ -114,17 +115,30 @@ void chunk(const SZPCall& c, int64_t e0, int64_t e1) {
     const int64_t r = e / c.cols;
     const int64_t c0 = e - r * c.cols;
     const int64_t c1 = std::min(c.cols, c0 + (e1 - e));
-    const int64_t row = c.row_src[r - c.first_row];
+    const size_t ri = static_cast<size_t>(r - c.first_row);
+    const int64_t row = c.row_src[ri];
+    const float a_row = c.shrink * c.row_scale[ri];
     auto run = std::upper_bound(c.runs.begin(), c.runs.end(), c0,
                                 [](int64_t v, const ColumnRun& x) { return v < x.end; });
     for (int64_t p = c0; p < c1; ++run) {
       const int64_t q = std::min(c1, run->end);
       const int64_t k = p - c0;
+      const float* n = add + k;
+      const float* n_src = add_src + k;
+      if (c.noise && !c.plain_noise) {
+        const int64_t at = c.row_noise[ri] + run->noise + (p - run->begin);
+        const int64_t nb0 = at >> 2;
+        fill_noise(static_cast<uint64_t>(nb0), ((at + (q - p) + 3) >> 2) - nb0, c.tid, c.seed, drawn);
+        float* d = drawn + (at - 4 * nb0);
+        const float sign = c.row_sign[ri] * run->sign;
+        for (int64_t i = 0; i < q - p; ++i) d[i] = sign * d[i];
+        n = n_src = d;
+      }
       if (row != kNoRow && run->src >= 0) {
         const char* sp = static_cast<const char*>(c.src) + (row + run->src + (p - run->begin)) * es;
-        combine_run<S, O>(out + k, sp, add_src + k, q - p, c.shrink, scale);
+        combine_run<S, O>(out + k, sp, n_src, q - p, a_row * run->scale, scale);
       } else {
-        init_run<O>(out + k, add + k, q - p, az, scale);
+        init_run<O>(out + k, n, q - p, az, scale);
       }
       p = q;
     }

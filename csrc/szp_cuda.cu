@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,9 +32,12 @@ struct Params {
   const int64_t* row_src;  // per row from first_row, or kNoRow
   const int64_t* col_src;  // per column, or -1
   const int32_t* group;    // per column: see kGroupMixed
+  // An operator's scales and noise positions (see SZPCall); read when `general`.
+  const float *row_scale, *row_sign, *col_scale, *col_sign;
+  const int64_t *row_noise, *col_noise;
   int64_t begin, end, base, cols, first_row, num_rows;
   float shrink, scale, constant, constant_src;
-  bool noise;
+  bool noise, general, plain_noise;
   uint64_t seed, tid;
 };
 
@@ -100,11 +104,55 @@ __device__ __forceinline__ int64_t row_at(const Params& p, int64_t r) {
   return i >= 0 && i < p.num_rows ? p.row_src[i] : kNoRow;
 }
 
+// The values of an operator's elements g0 .. g0 + 7 (scales and noise drawn
+// elsewhere), one element at a time: a per-element Philox block where the
+// noise is not the element's own.
+template <DType S>
+__device__ void general8(const Params& p, int64_t g0, float v[kPerThread]) {
+  float own[kPerThread];
+  if (p.noise && p.plain_noise) {
+    normal4(static_cast<uint64_t>(g0 >> 2), p.tid, p.seed, own);
+    normal4(static_cast<uint64_t>(g0 >> 2) + 1, p.tid, p.seed, own + 4);
+  }
+  const float az = p.shrink * 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t g = g0 + k;
+    v[k] = 0.f;
+    if (g < p.begin || g >= p.end) continue;
+    const int64_t r = g / p.cols, c = g - r * p.cols, i = r - p.first_row;
+    const int64_t row = p.row_src[i], col = p.col_src[c];
+    const bool mapped = row != kNoRow && col >= 0;
+    float x = az, n;
+    if (mapped) x = (p.shrink * p.row_scale[i]) * p.col_scale[c] * load_f32<S>(p.src, row + col);
+    if (!p.noise) {
+      n = mapped ? p.constant_src : p.constant;
+    } else if (p.plain_noise) {
+      n = own[k];
+    } else {
+      const int64_t at = p.row_noise[i] + p.col_noise[c];
+      float drawn[4];
+      normal4(static_cast<uint64_t>(at >> 2), p.tid, p.seed, drawn);
+      n = (p.row_sign[i] * p.col_sign[c]) * drawn[at & 3];
+    }
+    v[k] = x + p.scale * n;
+  }
+}
+
 template <DType S, DType O>
 __global__ void __launch_bounds__(kThreads) szp_kernel(const Params p) {
   using T = typename Storage<O>::type;
   const int64_t g0 = p.base + kPerThread * (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x);
   if (g0 >= p.end) return;
+  if (p.general) {
+    float v[kPerThread];
+    general8<S>(p, g0, v);
+    T* out = static_cast<T*>(p.out) + (g0 - p.begin);
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k)
+      if (g0 + k >= p.begin && g0 + k < p.end) out[k] = Storage<O>::from_f32(v[k]);
+    return;
+  }
 
   float add[kPerThread];
   if (p.noise) {
@@ -202,6 +250,35 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
                : run                 ? static_cast<int32_t>(col[c])
                                      : kGroupMixed;
   }
+  // An operator's scales and noise positions, per row and per column, after them.
+  bool general = !call.plain_noise;
+  for (float f : call.row_scale) general = general || f != 1.f;
+  for (const ColumnRun& run : call.runs) general = general || run.scale != 1.f;
+  size_t row_scale_at = 0, row_sign_at = 0, row_noise_at = 0, col_scale_at = 0, col_sign_at = 0,
+         col_noise_at = 0;
+  if (general) {
+    const size_t n_cols = static_cast<size_t>(cols);
+    std::vector<float> col_scale(n_cols), col_sign(n_cols);
+    std::vector<int64_t> col_noise(n_cols);
+    for (const ColumnRun& run : call.runs)
+      for (int64_t c = run.begin; c < run.end; ++c) {
+        col_scale[c] = run.scale;
+        col_sign[c] = run.sign;
+        col_noise[c] = run.noise + (c - run.begin);
+      }
+    auto put = [&tables](const void* data, size_t n_bytes) {
+      const size_t at = tables.size();
+      tables.resize(at + (n_bytes + sizeof(int64_t) - 1) / sizeof(int64_t), 0);
+      std::memcpy(tables.data() + at, data, n_bytes);
+      return at;
+    };
+    row_scale_at = put(call.row_scale.data(), call.row_scale.size() * sizeof(float));
+    row_sign_at = put(call.row_sign.data(), call.row_sign.size() * sizeof(float));
+    row_noise_at = put(call.row_noise.data(), call.row_noise.size() * sizeof(int64_t));
+    col_scale_at = put(col_scale.data(), n_cols * sizeof(float));
+    col_sign_at = put(col_sign.data(), n_cols * sizeof(float));
+    col_noise_at = put(col_noise.data(), n_cols * sizeof(int64_t));
+  }
   int64_t* dev_tables = nullptr;
   const size_t bytes = tables.size() * sizeof(int64_t);
   check(cudaMallocAsync(reinterpret_cast<void**>(&dev_tables), bytes, stream), "cudaMallocAsync");
@@ -214,6 +291,14 @@ void szp_cuda(const SZPCall& call, uintptr_t stream_handle) {
   p.row_src = dev_tables;
   p.col_src = dev_tables + col_at;
   p.group = reinterpret_cast<const int32_t*>(dev_tables + group_at);
+  p.general = general;
+  p.plain_noise = call.plain_noise;
+  p.row_scale = reinterpret_cast<const float*>(dev_tables + row_scale_at);
+  p.row_sign = reinterpret_cast<const float*>(dev_tables + row_sign_at);
+  p.row_noise = dev_tables + row_noise_at;
+  p.col_scale = reinterpret_cast<const float*>(dev_tables + col_scale_at);
+  p.col_sign = reinterpret_cast<const float*>(dev_tables + col_sign_at);
+  p.col_noise = dev_tables + col_noise_at;
   p.begin = call.begin;
   p.end = call.end;
   p.base = call.begin & ~static_cast<int64_t>(kPerThread - 1);

@@ -25,38 +25,70 @@ void check_shape(const std::vector<int64_t>& shape, const char* what) {
     if (d < 0) fail(std::string(what) + " shape has a negative size");
 }
 
-// Per-axis table: output index -> source index, or -1.
-std::vector<int64_t> axis_table(const std::vector<Segment>& segs, int64_t out_dim,
-                                int64_t src_dim, size_t axis) {
-  std::vector<int64_t> table(static_cast<size_t>(out_dim), -1);
-  for (const Segment& s : segs) {
-    if (s.len < 0 || s.dst < 0 || s.src < 0 || s.dst + s.len > out_dim || s.src + s.len > src_dim)
-      fail("axis " + std::to_string(axis) + ": segment (dst=" + std::to_string(s.dst) +
-           ", src=" + std::to_string(s.src) + ", len=" + std::to_string(s.len) +
-           ") does not fit output size " + std::to_string(out_dim) + " and source size " +
-           std::to_string(src_dim));
-    for (int64_t j = 0; j < s.len; ++j) {
-      if (table[s.dst + j] >= 0)
-        fail("axis " + std::to_string(axis) + ": segments overlap at output position " +
-             std::to_string(s.dst + j));
-      table[s.dst + j] = s.src + j;
-    }
-  }
-  return table;
+std::string seg_text(const char* what, int64_t dst, int64_t src, int64_t len) {
+  return std::string(what) + " (dst=" + std::to_string(dst) + ", " +
+         (what[0] == 'n' ? "at=" : "src=") + std::to_string(src) + ", len=" + std::to_string(len) + ")";
 }
 
-std::vector<ColumnRun> column_runs(const std::vector<int64_t>& table) {
+// Per axis and output index: source index (or -1) and scale, noise position and sign.
+struct AxisTable {
+  std::vector<int64_t> src;
+  std::vector<float> scale;
+  std::vector<int64_t> noise;
+  std::vector<float> sign;
+};
+
+AxisTable axis_table(const std::vector<Segment>& segs, const std::vector<NoiseSegment>& noise,
+                     int64_t out_dim, int64_t src_dim, size_t axis) {
+  const std::string where = "axis " + std::to_string(axis) + ": ";
+  AxisTable t{std::vector<int64_t>(static_cast<size_t>(out_dim), -1),
+              std::vector<float>(static_cast<size_t>(out_dim), 1.f), std::vector<int64_t>(static_cast<size_t>(out_dim)),
+              std::vector<float>(static_cast<size_t>(out_dim), 1.f)};
+  for (int64_t j = 0; j < out_dim; ++j) t.noise[j] = j;
+  for (const Segment& s : segs) {
+    if (s.len < 0 || s.dst < 0 || s.src < 0 || s.dst + s.len > out_dim || s.src + s.len > src_dim)
+      fail(where + seg_text("segment", s.dst, s.src, s.len) + " does not fit output size " +
+           std::to_string(out_dim) + " and source size " + std::to_string(src_dim));
+    for (int64_t j = 0; j < s.len; ++j) {
+      if (t.src[s.dst + j] >= 0)
+        fail(where + "segments overlap at output position " + std::to_string(s.dst + j));
+      t.src[s.dst + j] = s.src + j;
+      t.scale[s.dst + j] = s.scale;
+    }
+  }
+  std::vector<bool> drawn(static_cast<size_t>(out_dim), false);
+  for (const NoiseSegment& s : noise) {
+    if (s.len < 0 || s.dst < 0 || s.at < 0 || s.dst + s.len > out_dim || s.at + s.len > out_dim ||
+        s.sign < -1 || s.sign > 1)
+      fail(where + seg_text("noise segment", s.dst, s.at, s.len) + " does not fit output size " +
+           std::to_string(out_dim) + " or has a sign other than -1, 0, 1");
+    for (int64_t j = 0; j < s.len; ++j) {
+      if (drawn[s.dst + j])
+        fail(where + "noise segments overlap at output position " + std::to_string(s.dst + j));
+      drawn[s.dst + j] = true;
+      t.noise[s.dst + j] = s.at + j;
+      t.sign[s.dst + j] = static_cast<float>(s.sign);
+    }
+  }
+  return t;
+}
+
+bool plain(const AxisTable& t) {
+  for (size_t j = 0; j < t.noise.size(); ++j)
+    if (t.noise[j] != static_cast<int64_t>(j) || t.sign[j] != 1.f) return false;
+  return true;
+}
+
+std::vector<ColumnRun> column_runs(const AxisTable& t) {
   std::vector<ColumnRun> runs;
-  const int64_t n = static_cast<int64_t>(table.size());
+  const int64_t n = static_cast<int64_t>(t.src.size());
   for (int64_t c = 0; c < n;) {
     int64_t e = c + 1;
-    if (table[c] < 0) {
-      while (e < n && table[e] < 0) ++e;
-      runs.push_back({c, e, -1});
-    } else {
-      while (e < n && table[e] == table[c] + (e - c)) ++e;
-      runs.push_back({c, e, table[c]});
-    }
+    const bool mapped = t.src[c] >= 0;
+    while (e < n && (mapped ? t.src[e] == t.src[c] + (e - c) : t.src[e] < 0) && t.scale[e] == t.scale[c] &&
+           t.noise[e] == t.noise[c] + (e - c) && t.sign[e] == t.sign[c])
+      ++e;
+    runs.push_back({c, e, mapped ? t.src[c] : -1, t.scale[c], t.noise[c], t.sign[c]});
     c = e;
   }
   return runs;
@@ -77,6 +109,9 @@ SZPCall make_call(const SZPArgs& a) {
   if (a.maps.size() != ndim)
     fail("expected one segment list per output axis (" + std::to_string(ndim) + "), got " +
          std::to_string(a.maps.size()));
+  if (!a.noise_maps.empty() && a.noise_maps.size() != ndim)
+    fail("expected one noise segment list per output axis (" + std::to_string(ndim) + "), got " +
+         std::to_string(a.noise_maps.size()));
   if (!has_src)
     for (const auto& m : a.maps)
       if (!m.empty()) fail("segments given but no source tensor");
@@ -107,10 +142,14 @@ SZPCall make_call(const SZPArgs& a) {
          std::to_string(want));
   if (c.size() > 0 && a.out_ptr == 0) fail("output buffer is null");
 
-  std::vector<std::vector<int64_t>> tables(ndim);
+  std::vector<AxisTable> tables(ndim);
   const std::vector<int64_t>& src_shape = has_src ? a.src_shape : a.out_shape;
-  for (size_t k = 0; k < ndim; ++k)
-    tables[k] = axis_table(a.maps[k], a.out_shape[k], src_shape[k], k);
+  static const std::vector<NoiseSegment> kOwnNoise;
+  for (size_t k = 0; k < ndim; ++k) {
+    tables[k] = axis_table(a.maps[k], a.noise_maps.empty() ? kOwnNoise : a.noise_maps[k], a.out_shape[k],
+                           src_shape[k], k);
+    c.plain_noise = c.plain_noise && plain(tables[k]);
+  }
   c.runs = column_runs(tables[ndim - 1]);
   if (c.size() == 0) return c;
 
@@ -131,26 +170,39 @@ SZPCall make_call(const SZPArgs& a) {
     held = held_rows * src_inner;
   }
 
-  // Source offset of each output row touched by [begin, end).
-  std::vector<int64_t> src_strides(ndim, 1);
-  for (size_t k = ndim - 1; k-- > 0;) src_strides[k] = src_strides[k + 1] * src_shape[k + 1];
+  // Source offset, scale and noise of each output row touched by [begin, end).
+  std::vector<int64_t> src_strides(ndim, 1), out_strides(ndim, 1);
+  for (size_t k = ndim - 1; k-- > 0;) {
+    src_strides[k] = src_strides[k + 1] * src_shape[k + 1];
+    out_strides[k] = out_strides[k + 1] * a.out_shape[k + 1];
+  }
   c.first_row = c.begin / c.cols;
   const int64_t last_row = (c.end - 1) / c.cols;
-  c.row_src.resize(static_cast<size_t>(last_row - c.first_row + 1));
+  const size_t n_rows = static_cast<size_t>(last_row - c.first_row + 1);
+  c.row_src.resize(n_rows);
+  c.row_scale.resize(n_rows);
+  c.row_noise.resize(n_rows);
+  c.row_sign.resize(n_rows);
   std::vector<int64_t> idx(ndim > 1 ? ndim - 1 : 0);
   for (int64_t r = c.first_row; r <= last_row; ++r) {
-    int64_t rem = r, off = -base;
+    int64_t rem = r, off = -base, noise = 0;
     for (size_t k = idx.size(); k-- > 0;) {
-      const int64_t i = rem % a.out_shape[k];
+      idx[k] = rem % a.out_shape[k];
       rem /= a.out_shape[k];
-      const int64_t s = tables[k][i];
-      if (s < 0 || off == kNoRow) {
-        off = kNoRow;
-        continue;
-      }
-      off += s * src_strides[k];
     }
-    c.row_src[r - c.first_row] = has_src ? off : kNoRow;
+    float scale = 1.f, sign = 1.f;
+    for (size_t k = 0; k < idx.size(); ++k) {  // in axis order: the scales' product is rounded that way
+      const int64_t s = tables[k].src[idx[k]];
+      off = s < 0 || off == kNoRow ? kNoRow : off + s * src_strides[k];
+      scale = scale * tables[k].scale[idx[k]];
+      noise += tables[k].noise[idx[k]] * out_strides[k];
+      sign = sign * tables[k].sign[idx[k]];
+    }
+    const size_t i = static_cast<size_t>(r - c.first_row);
+    c.row_src[i] = has_src ? off : kNoRow;
+    c.row_scale[i] = scale;
+    c.row_noise[i] = noise;
+    c.row_sign[i] = sign;
   }
 
   // Every source element read must lie inside the buffer.

@@ -8,9 +8,18 @@
 
 namespace ws {
 
-// Source positions [src, src + len) of one axis land at [dst, dst + len).
+// Source positions [src, src + len) of one axis land at [dst, dst + len),
+// times `scale` (the scales of all axes and the shrink multiply).
 struct Segment {
   int64_t dst, src, len;
+  float scale = 1.f;
+};
+
+// Output positions [dst, dst + len) of one axis take the noise drawn for
+// positions [at, at + len) of that axis, times `sign` (1, -1 or 0).
+struct NoiseSegment {
+  int64_t dst, at, len;
+  int64_t sign = 1;
 };
 
 // Raw arguments, as Python hands them over: addresses and sizes, no tensors.
@@ -26,6 +35,7 @@ struct SZPArgs {
   std::vector<int64_t> src_shape;  // the whole source tensor's shape
   int64_t src_row_start = 0;       // first source row the buffer holds
   std::vector<std::vector<Segment>> maps;  // one segment list per axis
+  std::vector<std::vector<NoiseSegment>> noise_maps;  // one per axis; empty: each position its own noise
   float shrink = 0.f, noise_scale = 0.f, constant = 0.f;
   float constant_src = 0.f;  // constant init: added instead where a source element lands
   bool noise = true;  // false: constant init, add `constant` instead of noise
@@ -33,16 +43,23 @@ struct SZPArgs {
 };
 
 // A run of output columns [begin, end) whose source columns start at `src`
-// (-1: no source).
+// (-1: no source), all scaled by `scale`, whose noise is drawn from columns
+// starting at `noise`, times `sign`.
 struct ColumnRun {
   int64_t begin, end, src;
+  float scale;
+  int64_t noise;
+  float sign;
 };
 
 constexpr int64_t kNoRow = INT64_MIN;
 
 // A validated call. The output is viewed as rows x cols (cols: the last axis);
 // flat output element e = r * cols + c reads source element
-// row_src[r - first_row] + col_src(c) when both exist.
+// row_src[r - first_row] + col_src(c) when both exist, multiplied by
+// f32(shrink * row_scale[r - first_row]) * col_scale(c), and its noise is
+// the stream's value at row_noise[r - first_row] + col_noise(c), times
+// row_sign[r - first_row] * col_sign(c). `plain_noise`: every element's own.
 struct SZPCall {
   void* out = nullptr;
   const void* src = nullptr;
@@ -51,7 +68,11 @@ struct SZPCall {
   int64_t cols = 1;
   int64_t first_row = 0;
   std::vector<int64_t> row_src;  // source offset of each row, or kNoRow
+  std::vector<float> row_scale;  // product of the leading axes' scales
+  std::vector<int64_t> row_noise;  // flat noise position of each row's column 0
+  std::vector<float> row_sign;
   std::vector<ColumnRun> runs;   // sorted, covering [0, cols)
+  bool plain_noise = true;
   float shrink = 0.f, noise_scale = 0.f, constant = 0.f, constant_src = 0.f;
   bool noise = true;
   uint64_t seed = 0, tid = 0;

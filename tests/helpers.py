@@ -8,6 +8,7 @@ import random
 import torch
 
 from ws_convert import Segment
+from ws_convert.op import NoiseSegment
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -32,6 +33,37 @@ def random_axis_map(rng: random.Random, n_src: int, n_out: int) -> list[Segment]
         segs.append(Segment(pos, src, length))
         pos += length
     return segs
+
+
+def random_copy_map(rng: random.Random, n_src: int, n_out: int) -> list[Segment]:
+    """Output runs that copy random source runs (a source position may land
+    several times), each with its own scale, with gaps: what operators that
+    copy units (HyperCloning's tiling, Net2Net's random picks) describe."""
+    segs, pos = [], 0
+    while n_src and pos < n_out:
+        length = rng.randint(1, min(n_src, n_out - pos))
+        if rng.random() < 0.8:
+            segs.append(Segment(pos, rng.randint(0, n_src - length), length, rng.choice([1.0, 0.5, 1 / 3, -2.0, 0.1])))
+        pos += length + rng.randint(0, 2)
+    return segs
+
+
+def random_noise_map(rng: random.Random, n_out: int) -> list[NoiseSegment]:
+    """Output runs whose noise is drawn elsewhere on the axis, times -1, 0 or 1."""
+    segs, pos = [], 0
+    while pos < n_out:
+        length = rng.randint(1, n_out - pos)
+        if rng.random() < 0.7:
+            segs.append(NoiseSegment(pos, rng.randint(0, n_out - length), length, rng.choice([1, -1, 0])))
+        pos += length + rng.randint(0, 2)
+    return segs
+
+
+def random_operator_case(rng: random.Random, dtype: torch.dtype, ndim: int | None = None):
+    """(src, out_shape, maps, noise_maps) of an operator that copies units."""
+    src, out_shape, _ = random_case(rng, dtype, ndim)
+    maps = [random_copy_map(rng, s, o) for s, o in zip(src.shape, out_shape)]
+    return src, out_shape, maps, [random_noise_map(rng, o) for o in out_shape]
 
 
 def random_shape(rng: random.Random, ndim: int, tiny: bool = False) -> tuple[int, ...]:

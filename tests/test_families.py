@@ -105,6 +105,38 @@ def test_zero_padding_keeps_the_logits(source, tmp_path):
     assert same == (case not in ("bloom",)), case  # ALiBi slopes change with the head count
 
 
+NOT_CLONABLE = {"bloom": "ALiBi", "gemma": "sqrt(hidden_size)", "gemma2": "sqrt(hidden_size)",
+                "gemma3_text": "sqrt(hidden_size)"}
+
+
+def test_hyperclone_keeps_the_logits(source, tmp_path):
+    """--method hyperclone at 2x width and 2x depth (identity blocks): every
+    tensor tiled, fan-in divided, so with norms as the identity the logits
+    are the source's to float64 rounding. Real norms compute in float32
+    inside transformers, so there the match is to float32 rounding, and so
+    it is with the function-keeping noise (paired +/- along the fan-in)."""
+    case, path = source
+    args = ["--to-width", TO, "--to-depth", 4, "--depth-policy", "identity", "--method", "hyperclone"]
+    if case in NOT_CLONABLE:
+        res = CliRunner().invoke(main, ["grow", str(path), *map(str, args), "-o", str(tmp_path / "x")])
+        assert res.exit_code == 2 and NOT_CLONABLE[case] in res.output, res.output
+        return
+    cli("grow", path, *args, "--perturb", 0, "-o", tmp_path / "exact", "-q")
+    cli("grow", path, *args, "-o", tmp_path / "noisy", "-q")
+    cli("verify", tmp_path / "noisy")
+    before, exact, noisy = load(case, path), load(case, tmp_path / "exact"), load(case, tmp_path / "noisy")
+    x = ids(before.config)
+    want = logits(before, x)
+    scale = want.abs().max()
+    assert (logits(exact, x) - want).abs().max() < 2e-6 * scale, case
+    assert (logits(noisy, x) - want).abs().max() < 2e-5 * scale, case
+    assert any(not torch.equal(a, b) for a, b in zip(exact.parameters(), noisy.parameters())), "no noise"
+    # a tied readout is the embedding, so the final norm divides in its place: gone with the norms
+    copies = 2 if getattr(before.config, "tie_word_embeddings", False) else 1
+    assert torch.allclose(logits(no_norms(exact), x), copies * logits(no_norms(before), x), rtol=1e-10,
+                          atol=1e-10), case
+
+
 @pytest.mark.parametrize("depth", [3, 4])
 def test_identity_blocks_keep_the_logits(source, tmp_path, depth):
     """--depth-policy identity, shrink 1, no noise: the copied blocks start with

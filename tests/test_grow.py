@@ -42,13 +42,14 @@ def small(tmp_path_factory):
     return root / "small", cls, config
 
 
-def test_same_bytes_for_threads_shards_and_chunks(small, tmp_path):
+@pytest.mark.parametrize("method", ["szp", "hyperclone"])
+def test_same_bytes_for_threads_shards_and_chunks(small, tmp_path, method):
     src, _, _ = small
-    ref = grow(src, 128, out=tmp_path / "ref", threads=1)
+    ref = grow(src, 128, out=tmp_path / "ref", threads=1, method=method)
     ref_files = files_bytes(ref.out)
     for i, kw in enumerate([dict(threads=2), dict(chunk_bytes=1000), dict(threads=2, chunk_bytes=4096)]):
-        assert files_bytes(grow(src, 128, out=tmp_path / f"v{i}", **kw).out) == ref_files, kw
-    sharded = grow(src, 128, out=tmp_path / "sharded", max_shard_size="60KB")
+        assert files_bytes(grow(src, 128, out=tmp_path / f"v{i}", method=method, **kw).out) == ref_files, kw
+    sharded = grow(src, 128, out=tmp_path / "sharded", max_shard_size="60KB", method=method)
     assert (sharded.out / "model.safetensors.index.json").is_file()
     assert shard_data(sharded.out) == shard_data(ref.out)
 

@@ -136,7 +136,7 @@ def test_noise_matches_plan(kind):
         covered = torch.ones((), dtype=torch.bool)
         for axis, (segs, size) in enumerate(zip(t.maps, t.shape)):
             has = torch.zeros(size, dtype=torch.bool)
-            for dst, _, length in segs:
+            for dst, _, length, *_ in segs:
                 has[dst: dst + length] = True
             covered = covered.unsqueeze(-1) & has
         region = out[~covered]  # where nothing lands: noise alone

@@ -120,3 +120,23 @@ def test_identity_blocks_keep_the_gpt_logits():
     x = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
         assert torch.allclose(big(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_hyperclone_keeps_the_gpt_logits():
+    """--method hyperclone on the bundled GPT: every tensor tiled and its
+    fan-in divided, but the readout not: μP's readout divides by the width
+    multiplier itself. Its noise, paired along the fan-in, keeps the logits."""
+    model, _ = small()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 256, (2, 12))
+    for perturb in (0.0, 1.0):
+        grown, plan = grow_state_dict(state, 128, to_depth=4, depth_policy="identity", method="hyperclone",
+                                      perturb=perturb, config=model.config.to_dict())
+        big = build(GPTConfig.from_dict(plan.config), init=False)
+        big.load_state_dict(grown)
+        assert big.config.heads == 8 and big.config.width == 128
+        with torch.no_grad():
+            assert torch.allclose(big(x), model(x), rtol=1e-5, atol=1e-5), perturb

@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
-from helpers import DTYPES, random_case, random_tensor, same_bits
+from helpers import DTYPES, random_case, random_operator_case, random_tensor, same_bits
 from ws_convert import Constant, Normal, Segment, _ext, pad_maps, szp, tensor_id
+from ws_convert.op import NoiseSegment
 
 pytestmark = pytest.mark.skipif(_ext.cpu is None, reason="CPU extension not built")
 
@@ -30,6 +31,31 @@ def test_random_cases_match_reference(case, src_dtype):
               threads=rng.choice([1, 2]))
     got, want = both(src, out_shape, maps, **kw)
     assert same_bits(got, want), (src.shape, out_shape, maps, kw)
+
+
+@pytest.mark.parametrize("case", range(40))
+@pytest.mark.parametrize("src_dtype", DTYPES)
+def test_operator_maps_match_reference(case, src_dtype):
+    """Source positions landing several times, per-segment scales, noise drawn
+    elsewhere with signs: the kernel computes the reference's bits."""
+    rng = random.Random(case * 104729 + DTYPES.index(src_dtype))
+    src, out_shape, maps, noise_maps = random_operator_case(rng, src_dtype)
+    kw = dict(shrink=rng.choice([0.4, 1.0, 0.73]), perturb=rng.choice([1.0, 0.5]),
+              init=Normal(rng.choice([0.02, 1.0])), seed=rng.randrange(2**64), tid=rng.randrange(2**64),
+              out_dtype=rng.choice(DTYPES), threads=rng.choice([1, 2]), noise_maps=noise_maps)
+    got, want = both(src, out_shape, maps, **kw)
+    assert same_bits(got, want), (src.shape, out_shape, maps, noise_maps, kw)
+
+
+def test_noise_drawn_elsewhere_is_that_position_s_noise():
+    """Noise segments move the stream, they do not make a new one: a paired
+    block carries exactly the negated noise of its partner."""
+    n = 8
+    kw = dict(shrink=0.0, perturb=1.0, init=Normal(1.0), seed=5, tid=9, backend="cpu")
+    own = szp(None, (3, 2 * n), [[], []], **kw)
+    paired = szp(None, (3, 2 * n), [[], []], noise_maps=[[], [NoiseSegment(n, 0, n, -1)]], **kw)
+    assert torch.equal(paired[:, :n], own[:, :n]) and torch.equal(paired[:, n:], -own[:, :n])
+    assert torch.equal((paired[:, :n] + paired[:, n:]), torch.zeros(3, n))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from helpers import DTYPES, random_case, random_tensor, same_bits
+from helpers import DTYPES, random_case, random_operator_case, random_tensor, same_bits
 from ws_convert import Constant, Normal, Segment, _ext, pad_maps, szp, tensor_id
 
 pytestmark = [
@@ -21,6 +21,22 @@ def on_gpu_and_cpu(src, out_shape, maps, **kw):
     torch.cuda.synchronize()
     cpu_backend = "cpu" if _ext.cpu is not None else "reference"
     return gpu.cpu(), szp(src, out_shape, maps, backend=cpu_backend, **kw)
+
+
+@pytest.mark.parametrize("case", range(40))
+@pytest.mark.parametrize("src_dtype", DTYPES)
+def test_operator_maps_match_cpu(case, src_dtype):
+    """Source positions landing several times, per-segment scales, noise drawn
+    elsewhere with signs, constant inits, row ranges: the CPU's bits."""
+    rng = random.Random(case * 7 + DTYPES.index(src_dtype))
+    src, out_shape, maps, noise_maps = random_operator_case(rng, src_dtype)
+    init = Normal(rng.choice([0.02, 1.0])) if rng.random() < 0.8 else Constant(1.0, on_source=0.25)
+    r0 = rng.randint(0, out_shape[0])
+    kw = dict(shrink=rng.choice([0.4, 1.0]), perturb=rng.choice([1.0, 0.5]), init=init, seed=rng.randrange(2**64),
+              tid=rng.randrange(2**64), out_dtype=rng.choice(DTYPES), rows=(r0, rng.randint(r0, out_shape[0])),
+              noise_maps=noise_maps if rng.random() < 0.8 else None)
+    gpu, cpu = on_gpu_and_cpu(src, out_shape, maps, **kw)
+    assert same_bits(gpu, cpu), (src.shape, out_shape, maps, kw)
 
 
 @pytest.mark.parametrize("case", range(40))

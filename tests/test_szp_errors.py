@@ -49,12 +49,16 @@ def test_raw_kernel_rejects_inconsistent_buffers():
     out = torch.empty(4, 4)
     args = dict(out_ptr=out.data_ptr(), out_nbytes=out.numel() * 4, out_dtype="float32",
                 out_shape=[4, 4], row_start=0, row_stop=4, src_ptr=0, src_nbytes=0,
-                src_dtype="float32", src_shape=[], src_row_start=0, maps=[[], []], shrink=0.4,
+                src_dtype="float32", src_shape=[], src_row_start=0, maps=[[], []], noise_maps=[[], []], shrink=0.4,
                 noise_scale=0.02, constant=0.0, constant_src=0.0, noise=True, seed=0, tid=0)
     _ext.cpu.szp(args, 1)  # the valid call works
     for key, value, message in [("out_nbytes", 60, "bytes"), ("out_dtype", "int8", "unsupported dtype"),
                                 ("row_stop", 5, "row range"), ("out_shape", [], "at least one axis"),
-                                ("maps", [[(0, 0, 9)], []], "no source")]:
+                                ("maps", [[(0, 0, 9)], []], "no source"),
+                                ("noise_maps", [[(0, 1, 4, 1)], []], "noise segment"),
+                                ("noise_maps", [[(0, 0, 2, 2)], []], "sign other than"),
+                                ("noise_maps", [[(0, 0, 2, 1), (1, 0, 1, 1)], []], "noise segments overlap"),
+                                ("noise_maps", [[]], "one noise segment list per output axis")]:
         with pytest.raises(ValueError, match=message):
             _ext.cpu.szp({**args, key: value}, 1)
     src = torch.randn(2, 2)

@@ -120,6 +120,9 @@ class Architecture:
     rotary_dim_key: str | None = None  # a config key giving the rotary dims per head (None there: all of them)
     tied: tuple[str, str] | None = None  # (readout, embedding) sharing weights when tied
     tie_key: str | None = "tie_word_embeddings"
+    mup_readout: bool = False  # the readout divides by the width multiplier itself (μP's MuReadout)
+    # why function-preserving operators cannot keep this family's function, if they cannot
+    not_clonable: str | None = None
     tie_default: bool = False
     ffn_default: int | None = None  # ffn = this x width when the config leaves it empty
     aliases: tuple[str, ...] = ()

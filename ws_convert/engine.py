@@ -53,7 +53,7 @@ def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tupl
 
     return szp(src, t.shape, t.maps, shrink=t.shrink, perturb=t.perturb, init=t.init, seed=seed,
                tid=tensor_id(t.noise_name), rows=rows, src_shape=t.src_shape, src_row_start=src_row_start,
-               out=out, out_dtype=DTYPES[t.dtype], threads=threads, device=device)
+               out=out, out_dtype=DTYPES[t.dtype], threads=threads, device=device, noise_maps=t.noise_maps)
 
 
 def grow_state_dict(state_dict: Mapping[str, torch.Tensor], to_width: int | None = None, *, config: dict | None = None,
@@ -88,7 +88,7 @@ def row_chunks(t: TensorPlan, chunk_bytes: int) -> Iterator[tuple[int, int, int,
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         s0, s1 = None, 0  # a plain loop: this runs once per tensor of a checkpoint of many small ones
-        for dst, src, length in segments:
+        for dst, src, length, _ in segments:
             lo, hi = max(r0, dst), min(r1, dst + length)
             if lo < hi:
                 s0 = src + lo - dst if s0 is None else min(s0, src + lo - dst)
@@ -378,8 +378,8 @@ class _KernelStream(_Stream):
         tensors has few distinct ones. `lands`: the chunk reads source bytes
         (for none, the kernel takes no source and no maps)."""
         src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
-        key = (t.shape, t.src_shape, t.maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype, src_dtype, seed,
-               lands)
+        key = (t.shape, t.src_shape, t.maps, t.noise_maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype,
+               src_dtype, seed, lands)
         args = self.templates.get(key)
         if args is None:
             shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
@@ -387,7 +387,8 @@ class _KernelStream(_Stream):
             src = None if src_dtype is None else \
                 Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
             args = self.templates[key] = kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink,
-                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0)
+                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0,
+                                                     noise_maps=t.noise_maps if t.shape else None)
         return args
 
     def source_nbytes(self, t: TensorPlan, s0: int, s1: int) -> int:
@@ -664,7 +665,7 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
         opts = GrowthOptions(to_width=to_width, **options)
         plan = make_plan(Source.of(ckpt), opts, base_shapes)
         protect = [*ckpt.files, Path(src)]
-        prov = record(ckpt, opts, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
+        prov = record(ckpt, plan.options, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
                       parse_size(max_shard_size))
         if hub.repo_id:
             prov["source"].update(hub_repo_id=hub.repo_id, hub_revision=hub.revision)

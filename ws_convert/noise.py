@@ -93,6 +93,16 @@ def box_muller(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.
     return r * c, r * s
 
 
+def _blocks(block: torch.Tensor, tid: int, seed: int) -> torch.Tensor:
+    """The four standard normals of each Philox block, as rows."""
+    counter = [block & MASK32, (block >> 32) & MASK32,
+               torch.full_like(block, tid & MASK32), torch.full_like(block, tid >> 32)]
+    x = philox4x32_10(counter, (seed & MASK32, (seed >> 32) & MASK32))
+    n0, n1 = box_muller(x[0], x[1])
+    n2, n3 = box_muller(x[2], x[3])
+    return torch.stack([n0, n1, n2, n3], dim=1)
+
+
 def normal_stream(start: int, stop: int, tid: int, seed: int,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normals (float32) of flat elements [start, stop) of tensor `tid`."""
@@ -100,9 +110,12 @@ def normal_stream(start: int, stop: int, tid: int, seed: int,
         return torch.empty(0, dtype=torch.float32, device=device)
     b0, b1 = start >> 2, ((stop - 1) >> 2) + 1
     block = torch.arange(b0, b1, dtype=torch.int64, device=device)
-    counter = [block & MASK32, (block >> 32) & MASK32,
-               torch.full_like(block, tid & MASK32), torch.full_like(block, tid >> 32)]
-    x = philox4x32_10(counter, (seed & MASK32, (seed >> 32) & MASK32))
-    n0, n1 = box_muller(x[0], x[1])
-    n2, n3 = box_muller(x[2], x[3])
-    return torch.stack([n0, n1, n2, n3], dim=1).reshape(-1)[start - 4 * b0: stop - 4 * b0]
+    return _blocks(block, tid, seed).reshape(-1)[start - 4 * b0: stop - 4 * b0]
+
+
+def normal_at(index: torch.Tensor, tid: int, seed: int) -> torch.Tensor:
+    """Standard normals (float32) of the flat elements `index` (int64) of tensor `tid`."""
+    if index.numel() == 0:
+        return torch.empty(0, dtype=torch.float32, device=index.device)
+    blocks, where = torch.unique(index >> 2, return_inverse=True)
+    return _blocks(blocks, tid, seed)[where, index & 3]

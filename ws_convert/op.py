@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from . import _ext
-from .noise import normal_stream
-from .szp_spec import (KERNEL_DTYPES, AxisMap, Buffer, Constant, Init, Normal, Segment, as_rows, check_maps,
-                       f32, kernel_args, pad_maps)
+from .noise import normal_at, normal_stream
+from .szp_spec import (KERNEL_DTYPES, AxisMap, Buffer, Constant, Init, NoiseMap, NoiseSegment, Normal, Segment,
+                       as_rows, check_maps, f32, kernel_args, pad_maps)
 from .torch_dtypes import NAMES
 
 # torch dtype -> kernel dtype name, for the dtypes the kernels take
@@ -36,24 +36,43 @@ def _buffer(t: torch.Tensor) -> Buffer:
     return Buffer(t.data_ptr(), t.numel() * t.element_size(), DTYPES[t.dtype])
 
 
+def _axis_tables(maps: Sequence[AxisMap], out_shape: Sequence[int], rows: tuple[int, int],
+                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per axis: (source index or -1, float32 scale) of each output position;
+    axis 0 cut to `rows`."""
+    tables = []
+    for axis, n in enumerate(out_shape):
+        index = torch.full((n,), -1, dtype=torch.int64)
+        scale = torch.ones(n, dtype=torch.float32)
+        for dst, s, length, *k in maps[axis]:
+            index[dst:dst + length] = torch.arange(s, s + length)
+            scale[dst:dst + length] = f32(k[0]) if k else 1.0
+        if axis == 0:
+            index, scale = index[rows[0]:rows[1]], scale[rows[0]:rows[1]]
+        tables.append((index.to(device), scale.to(device)))
+    return tables
+
+
+def _broadcast(table: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    view = [1] * ndim
+    view[axis] = -1
+    return table.view(view)
+
+
 def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int],
            maps: Sequence[AxisMap], rows: tuple[int, int], src_row_start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 rows [rows) of the zero-padded source (0 where nothing lands),
-    and where something lands."""
+    """Float32 rows [rows) of the embedded source (0 where nothing lands), and
+    where something lands."""
     shape = (rows[1] - rows[0], *out_shape[1:])
     index = torch.zeros(shape, dtype=torch.int64, device=src.device)
     valid = torch.ones(shape, dtype=torch.bool, device=src.device)
     stride = 1
+    tables = _axis_tables(maps, out_shape, rows, src.device)
     for axis in reversed(range(len(out_shape))):
-        table = torch.full((out_shape[axis],), -1, dtype=torch.int64)
-        for dst, s, length in maps[axis]:
-            table[dst:dst + length] = torch.arange(s, s + length)
+        table = tables[axis][0]
         if axis == 0:
-            table = table[rows[0]:rows[1]]
             table = torch.where(table >= 0, table - src_row_start, table)
-        view = [1] * len(out_shape)
-        view[axis] = -1
-        table = table.to(src.device).view(view)
+        table = _broadcast(table, axis, len(out_shape))
         valid &= table >= 0
         index = index + table.clamp(min=0) * stride
         stride *= src_shape[axis]
@@ -63,6 +82,42 @@ def _embed(src: torch.Tensor, src_shape: Sequence[int], out_shape: Sequence[int]
     if bool((valid & (index >= flat.numel())).any()):
         raise ValueError("the segments read source rows outside the source buffer")
     return torch.where(valid, flat[index.clamp(max=flat.numel() - 1)], 0.0), valid
+
+
+def _multiplier(shrink: float, maps: Sequence[AxisMap], out_shape: Sequence[int], rows: tuple[int, int],
+                device: torch.device) -> torch.Tensor:
+    """The float32 factor of each source element: f32(shrink * row scale) *
+    column scale, the row scale being the leading axes' scales multiplied in
+    axis order (each product rounded to float32, as the kernels do)."""
+    tables = _axis_tables(maps, out_shape, rows, device)
+    ndim = len(out_shape)
+    row = torch.ones((1,) * ndim, dtype=torch.float32, device=device)
+    for axis in range(ndim - 1):
+        row = row * _broadcast(tables[axis][1], axis, ndim)
+    return (torch.tensor(f32(shrink), dtype=torch.float32, device=device) * row) * \
+        _broadcast(tables[ndim - 1][1], ndim - 1, ndim)
+
+
+def _noise(noise_maps: Sequence[NoiseMap], out_shape: Sequence[int], rows: tuple[int, int], tid: int, seed: int,
+           device: torch.device) -> torch.Tensor:
+    """The standard normals of rows [rows), each drawn at the position its
+    axes' noise segments name and times their signs."""
+    ndim = len(out_shape)
+    index = torch.zeros((1,) * ndim, dtype=torch.int64, device=device)
+    sign = torch.ones((1,) * ndim, dtype=torch.float32, device=device)
+    stride = 1
+    for axis in reversed(range(ndim)):
+        at = torch.arange(out_shape[axis], dtype=torch.int64)
+        signs = torch.ones(out_shape[axis], dtype=torch.float32)
+        for dst, pos, length, sgn in noise_maps[axis]:
+            at[dst:dst + length] = torch.arange(pos, pos + length)
+            signs[dst:dst + length] = float(sgn)
+        if axis == 0:
+            at, signs = at[rows[0]:rows[1]], signs[rows[0]:rows[1]]
+        index = index + _broadcast(at.to(device), axis, ndim) * stride
+        sign = sign * _broadcast(signs.to(device), axis, ndim)
+        stride *= out_shape[axis]
+    return normal_at(index.reshape(-1), tid, seed) * sign.expand(index.shape).reshape(-1)
 
 
 def _store(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -76,7 +131,7 @@ def _store(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out_shape: Sequence[int],
                maps: Sequence[AxisMap], *, shrink: float, perturb: float, init: Init, seed: int,
                tid: int, rows: tuple[int, int], src_row_start: int,
-               out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+               out_dtype: torch.dtype, device: torch.device, noise_maps: Sequence[NoiseMap] | None) -> torch.Tensor:
     """Plain-PyTorch SZP on output rows [rows): the oracle for the kernels."""
     inner = 1
     for d in out_shape[1:]:
@@ -85,17 +140,22 @@ def _reference(src: torch.Tensor | None, src_shape: Sequence[int] | None, out_sh
     if src is None:
         emb = torch.zeros(end - begin, dtype=torch.float32, device=device)
         landed = torch.zeros(end - begin, dtype=torch.bool, device=device)
+        maps = [[] for _ in out_shape]
     else:
         emb, landed = (x.reshape(-1) for x in _embed(src, src_shape, out_shape, maps, rows, src_row_start))
     if isinstance(init, Normal):
-        add = normal_stream(begin, end, tid, seed, device)
+        if noise_maps is None or not any(noise_maps):
+            add = normal_stream(begin, end, tid, seed, device)
+        else:
+            add = _noise(noise_maps, out_shape, rows, tid, seed, device)
         scale = f32(init.std * perturb)
     else:
         add = torch.where(landed, f32(perturb * init.source_value), f32(perturb * init.value)).to(torch.float32)
         scale = 1.0
-    a = torch.tensor(f32(shrink), dtype=torch.float32, device=device)
+    a = _multiplier(shrink, maps, out_shape, rows, device).expand(rows[1] - rows[0], *out_shape[1:]).reshape(-1)
+    zero = torch.tensor(f32(shrink), dtype=torch.float32, device=device) * 0.0  # the shrunk zero, signed
     s = torch.tensor(scale, dtype=torch.float32, device=device)
-    v = a * emb + s * add
+    v = torch.where(landed, a * emb, zero) + s * add
     return _store(v, out_dtype).reshape(rows[1] - rows[0], *out_shape[1:])
 
 
@@ -123,14 +183,16 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
         tid: int, rows: tuple[int, int] | None = None, src_shape: Sequence[int] | None = None,
         src_row_start: int = 0, out: torch.Tensor | None = None,
         out_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-        threads: int | None = None, backend: str = "auto") -> torch.Tensor:
+        threads: int | None = None, backend: str = "auto",
+        noise_maps: Sequence[NoiseMap] | None = None) -> torch.Tensor:
     """Compute output rows [rows) (axis 0; default all) of one SZP tensor.
 
     `src` holds source rows [src_row_start, src_row_start + len(src)) of a
     source tensor of shape `src_shape` (default: src's own shape), so large
     tensors can be streamed in row chunks. `tid` is the tensor's noise stream
-    (`tensor_id(name)`). Returns `out` (allocated when not given) with
-    shape (rows[1] - rows[0], *out_shape[1:]).
+    (`tensor_id(name)`); `noise_maps` (default: every position its own)
+    say where on that stream each position's noise is drawn. Returns `out`
+    (allocated when not given) with shape (rows[1] - rows[0], *out_shape[1:]).
     """
     out_shape = tuple(int(d) for d in out_shape)
     if src is not None:
@@ -139,7 +201,7 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     else:
         src_shape = None
     if not out_shape:
-        _, _, maps = as_rows(out_shape, src_shape, maps)
+        _, _, maps = as_rows(out_shape, src_shape, maps)  # a scalar has no noise map to follow
         res = szp(None if src is None else src.reshape(1), (1,), maps, shrink=shrink,
                   perturb=perturb, init=init, seed=seed, tid=tid, src_row_start=0,
                   out=None if out is None else out.reshape(1), out_dtype=out_dtype,
@@ -148,7 +210,7 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     rows = (0, out_shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= rows[0] <= rows[1] <= out_shape[0]:
         raise ValueError(f"row range {rows} is outside the output's {out_shape[0]} rows")
-    check_maps(maps, out_shape, src_shape)
+    check_maps(maps, out_shape, src_shape, noise_maps)
     if not isinstance(init, (Normal, Constant)):
         raise TypeError("init must be Normal(std) or Constant(value)")
     part_shape = (rows[1] - rows[0], *out_shape[1:])
@@ -172,7 +234,7 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     if chosen == "reference":
         res = _reference(src, src_shape, out_shape, maps, shrink=shrink, perturb=perturb,
                          init=init, seed=seed, tid=tid, rows=rows, src_row_start=src_row_start,
-                         out_dtype=out_dtype, device=dev)
+                         out_dtype=out_dtype, device=dev, noise_maps=noise_maps)
         if out is None:
             return res
         out.copy_(res)
@@ -181,7 +243,8 @@ def szp(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequence[AxisM
     if out is None:
         out = torch.empty(part_shape, dtype=out_dtype, device=dev)
     args = kernel_args(_buffer(out), out_shape, rows, None if src is None else _buffer(src), src_shape,
-                       src_row_start, maps, shrink=shrink, perturb=perturb, init=init, seed=seed, tid=tid)
+                       src_row_start, maps, shrink=shrink, perturb=perturb, init=init, seed=seed, tid=tid,
+                       noise_maps=noise_maps)
     if chosen == "cpu":
         _ext.cpu.szp(args, threads or 0)
     else:
@@ -196,4 +259,5 @@ def szp_reference(src: torch.Tensor | None, out_shape: Sequence[int], maps: Sequ
     return szp(src, out_shape, maps, **options, backend="reference")
 
 
-__all__ = ["Constant", "Init", "Normal", "Segment", "AxisMap", "pad_maps", "szp", "szp_reference"]
+__all__ = ["Constant", "Init", "Normal", "Segment", "NoiseSegment", "AxisMap", "NoiseMap", "pad_maps", "szp",
+           "szp_reference"]

@@ -19,7 +19,8 @@ from .families import ALL, BY_NAMES, NAMES, REFUSED, by_name, of_model_type
 from .errors import PlanError
 from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
-from .szp_spec import KERNEL_DTYPES, Constant, Init, Normal, Segment, f32
+from .operators import DEFAULT_SHRINK, METHODS, Tiled, scaled, tile_axis
+from .szp_spec import KERNEL_DTYPES, Constant, Init, NoiseSegment, Normal, Segment, f32
 
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.MOE_FFN, Kind.SHARED_FFN, Kind.Q, Kind.KV, Kind.EMBED}
 GROWTH_WARNING = 2.5  # growth factor beyond which warm-starting was seen to stop paying
@@ -100,7 +101,8 @@ class GrowthOptions:
     to_depth: int | None = None
     head_policy: str = "heads"
     depth_policy: str = "stack"
-    shrink: float = 0.4
+    method: str = "szp"  # the growth operator: szp | hyperclone
+    shrink: float | None = None  # None: the method's own (0.4 for szp, 1 for hyperclone)
     perturb: float = 1.0
     norms: str = "shrink"  # shrink: the operator as written; copy: old norm gains/biases copied
     seed: int = 0
@@ -133,6 +135,7 @@ class TensorPlan:
     init: Init
     noise_name: str  # the name whose stream the noise comes from (a tied readout uses its embedding's)
     note: str = ""
+    noise_maps: tuple[tuple[NoiseSegment, ...], ...] | None = None  # None: each position's own noise
 
     @property
     def numel(self) -> int:
@@ -482,9 +485,25 @@ def multi_query(arch: Architecture, src: Sizes) -> bool:
     return arch.fixed.get("kv_heads") == 1 or ("kv_heads" in arch.keys and src.kv_heads == 1 < src.heads)
 
 
+def width_step(src: Sizes, o: GrowthOptions, arch: Architecture) -> int:
+    """The least step of target widths that keeps whole (and even, where it
+    must be) every size target_sizes scales with the width: a --to-width
+    that is a multiple of it passes all of those checks at once."""
+    w = src.width
+    scaled = [(src.moe_ffn, 1), (src.shared_ffn, 1), (src.embed or 0, 1), (0 if o.to_ffn else src.ffn, 1)]
+    if o.head_policy == "heads":
+        scaled += [(src.heads, 1), (0 if multi_query(arch, src) else src.kv_heads, 1)]
+    else:
+        scaled += [(src.head_dim, 2 if arch.rotary else 1), (src.rotary_dim, 2)]
+    # size * w2 / w is a multiple of k exactly when w2 is a multiple of k * w / gcd(k * w, size)
+    return math.lcm(*(k * w // math.gcd(k * w, size) for size, k in scaled))
+
+
 def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     """Target sizes, refusing anything that cannot keep the structure."""
     w, w2 = src.width, o.to_width or src.width
+    step = width_step(src, o, arch)
+    hint = f"a --to-width that is a multiple of {step}, such as {-(-w2 // step) * step}"
     layers = o.to_depth or src.layers
     if w2 < w:
         raise PlanError(f"--to-width {w2} is smaller than the source width {w}")
@@ -500,19 +519,19 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
             kv = Fraction(1)
         if not _whole(heads):
             raise PlanError(f"--to-width {w2} would give {src.heads} x {w2}/{w} = {float(heads):g} heads, not a "
-                            f"whole number; pick a width that is a multiple of {w // math.gcd(w, src.heads)}")
+                            f"whole number; pick {hint}")
         if not _whole(kv):
             raise PlanError(f"--to-width {w2} would give {float(kv):g} kv-heads, which breaks the GQA group size "
-                            f"{src.heads // src.kv_heads}")
+                            f"{src.heads // src.kv_heads}; pick {hint}")
     else:
         heads, kv, hd = Fraction(src.heads), Fraction(src.kv_heads), Fraction(src.head_dim * w2, w)
         rotary = Fraction(src.rotary_dim * w2, w)
         if not _whole(hd) or (arch.rotary and hd % 2):
             raise PlanError(f"--to-width {w2} would give head_dim {float(hd):g}, which is not a whole"
-                            f"{' even' if arch.rotary else ''} number")
+                            f"{' even' if arch.rotary else ''} number; pick {hint}")
         if not _whole(rotary) or rotary % 2:
             raise PlanError(f"--to-width {w2} would turn {float(rotary):g} rotary dims of each head ({src.rotary_dim} "
-                            f"of {src.head_dim} now), not a whole even number; pick another --to-width")
+                            f"of {src.head_dim} now), not a whole even number; pick {hint}")
     if o.to_ffn is not None:
         ffn = Fraction(o.to_ffn)
         if ffn < src.ffn:
@@ -523,7 +542,8 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     else:
         ffn = Fraction(src.ffn * w2, w)
         if not _whole(ffn):
-            raise PlanError(f"ffn {src.ffn} does not scale to a whole size at width {w2}; give --to-ffn")
+            raise PlanError(f"ffn {src.ffn} does not scale to a whole size at width {w2}; give --to-ffn, or pick "
+                            f"{hint}")
     if layers < src.layers:
         raise PlanError(f"--to-depth {layers} is smaller than the source depth {src.layers}")
     if o.depth_policy not in DEPTH_POLICIES:
@@ -537,12 +557,12 @@ def target_sizes(src: Sizes, o: GrowthOptions, arch: Architecture) -> Sizes:
     for size in ("moe_ffn", "shared_ffn"):  # an expert's MLP grows like the dense one
         value = Fraction(getattr(src, size) * w2, w)
         if not _whole(value):
-            raise PlanError(f"{size} {getattr(src, size)} does not scale to a whole size at width {w2}")
+            raise PlanError(f"{size} {getattr(src, size)} does not scale to a whole size at width {w2}; pick {hint}")
         experts_ffn[size] = int(value)
     embed = src.embed and Fraction(src.embed * w2, w)
     if embed is not None and not _whole(embed):
         raise PlanError(f"--to-width {w2} would give the embedding projection {float(embed):g} dims "
-                        f"({src.embed} at width {w}), not a whole number")
+                        f"({src.embed} at width {w}), not a whole number; pick {hint}")
     return Sizes(w2, int(ffn), int(heads), int(kv), int(hd), layers, src.vocab, src.ctx,
                  None if embed is None else int(embed), int(rotary), src.experts, **experts_ffn)
 
@@ -603,7 +623,7 @@ def _part_segments(kind: Kind, per_src: int, per_dst: int, src: Sizes, dst: Size
     if kind not in (Kind.Q, Kind.KV, Kind.HEAD) or policy == "heads":
         return [Segment(0, 0, per_src)]
     hd, hd2 = src.head_dim, dst.head_dim
-    return [Segment(h * hd2 + d, h * hd + s, n) for h in range(per_src // hd) for d, s, n in head]
+    return [Segment(h * hd2 + d, h * hd + s, n) for h in range(per_src // hd) for d, s, n, _ in head]
 
 
 def axis_map(axis: Axis, src: Sizes, dst: Sizes, policy: str, rotary: str | None) -> tuple[Segment, ...]:
@@ -621,7 +641,7 @@ def axis_map(axis: Axis, src: Sizes, dst: Sizes, policy: str, rotary: str | None
         s_off, d_off = u * sum(per_src), u * sum(per_dst)
         for kind, n_src, n_dst in zip(parts, per_src, per_dst):
             segs += [Segment(d + d_off, s + s_off, n)
-                     for d, s, n in _part_segments(kind, n_src, n_dst, src, dst, policy, head)]
+                     for d, s, n, _ in _part_segments(kind, n_src, n_dst, src, dst, policy, head)]
             s_off, d_off = s_off + n_src, d_off + n_dst
     return _merged(segs)
 
@@ -741,6 +761,10 @@ def _check_options(o: GrowthOptions) -> None:
             raise PlanError(f"{flag} {shown(value)} is beyond the largest that can be written ({most})")
     if o.to_width is None and o.to_depth is None and o.to_experts is None:
         raise PlanError("give --to-width, --to-depth, --to-experts or several")
+    if o.method != "szp" and o.head_policy != "heads":
+        raise PlanError(f"--method {o.method} copies whole heads; --head-policy {o.head_policy} is for szp")
+    if o.method != "szp" and o.to_experts is not None:
+        raise PlanError(f"--to-experts starts every expert through szp; it does not take --method {o.method}")
     if o.to_experts is not None and not 0 < o.experts_top_k <= o.to_experts:
         raise PlanError(f"--experts-top-k {shown(o.experts_top_k)} must be from 1 to the --to-experts {o.to_experts}")
     if type(o.seed) is not int or not 0 <= o.seed < 2**64:
@@ -796,9 +820,21 @@ def _check_tensors(source: Source, plan: Plan) -> None:
 @collection_paused()
 def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Path | None = None) -> Plan:
     """Plan a growth of `source`; raises PlanError before anything is written."""
+    if options.method not in METHODS:
+        raise PlanError(f"--method must be one of {', '.join(METHODS)}")
+    if options.shrink is None:
+        options = replace(options, shrink=DEFAULT_SHRINK[options.method])
     _check_options(options)
     base_file = read_base_shapes(base_shapes_file) if base_shapes_file else None
     arch, prefix = detect(source, options.arch)
+    if arch is None and options.method != "szp":
+        raise PlanError(f"--method {options.method} needs the layout of a known family; --arch generic only pads")
+    if arch is not None and arch.not_clonable and options.method == "hyperclone":
+        raise PlanError(f"--method hyperclone cannot keep a {arch.name} model's function: {arch.not_clonable}")
+    if arch is not None and options.method == "hyperclone" and not arch.mup_readout and not any(
+            p.role in NORM_ROLES for p in arch.globals) and _tied(arch, source.config or {}):
+        raise PlanError(f"--method hyperclone: a {arch.name} model with tied embeddings and no final norm gain "
+                        "cannot keep its function (the readout cannot divide: it is the embedding)")
     if arch is None:
         from .generic import plan_generic
         plan = plan_generic(source, options, base_file, base_shapes_file)
@@ -812,6 +848,10 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     return plan
 
 
+def _tied(arch: Architecture, config: Mapping[str, object]) -> bool:
+    return bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
+
+
 def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthOptions,
                base_file: Mapping[str, object] | None, base_shapes_file: str | Path | None,
                created: frozenset[str] = frozenset()) -> Plan:
@@ -821,7 +861,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     dst = target_sizes(src, options, arch)
     policy = options.head_policy
     config = source.config or {}
-    tied = bool(config.get(arch.tie_key, arch.tie_default)) if arch.tie_key else False
+    tied = _tied(arch, config)
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
     copies = {j for j, (_, copy) in enumerate(identity_blocks(src.layers, dst.layers)) if copy} \
         if options.depth_policy == "identity" else set()
@@ -876,11 +916,17 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
         key = (p.axes, src_shape)
         if key not in layouts:  # the rows of a table repeat over layers and experts
             sized = [axis_size(a, src) is not None for a in p.axes]
-            layouts[key] = (
-                tuple(axis_size(a, dst) if has else src_shape[k] for k, (a, has) in enumerate(zip(p.axes, sized))),
-                tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
-                      for k, (a, has) in enumerate(zip(p.axes, sized))))
-        shape, maps = layouts[key]
+            shape = tuple(axis_size(a, dst) if has else src_shape[k]
+                          for k, (a, has) in enumerate(zip(p.axes, sized)))
+            if options.method == "hyperclone":
+                tiled = tuple(tile_axis(a, src, dst) if has else Tiled((Segment(0, 0, src_shape[k]),), 1, ())
+                              for k, (a, has) in enumerate(zip(p.axes, sized)))
+                layouts[key] = shape, tuple(t.segments for t in tiled), tiled
+            else:
+                placed = tuple(axis_map(a, src, dst, policy, arch.rotary) if has else (Segment(0, 0, src_shape[k]),)
+                               for k, (a, has) in enumerate(zip(p.axes, sized)))
+                layouts[key] = shape, placed, None
+        shape, maps, tiled = layouts[key]
         if src_name is None:
             maps = tuple(() for _ in p.axes)
         base = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
@@ -897,8 +943,13 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             emb = next(q for q in arch.globals if q.name.format(p=prefix) == embedding)
             role, init, noise_name, note = emb.role, init_for(emb.role, None, None, options), embedding, "tied"
         shrink, perturb = options.shrink, options.perturb
+        noise_maps = None
         if p.role == Role.BUFFER:
             shrink, perturb, note = 1.0, 0.0, "buffer, copied"
+        elif tiled is not None and src_name is not None:
+            maps, noise_maps, init, shrink, perturb, note = _cloned(
+                arch, p, name == readout and tied, p in arch.globals, tiled, maps, init, shrink, perturb, tied,
+                dst.width // src.width)
         elif p.role in NORM_ROLES and options.norms == "copy":
             shrink, init, note = 1.0, Constant(init.value, on_source=0.0), "copied, new units at init"
         if p.role == Role.NORM_GAIN and arch.norm_offset:
@@ -914,7 +965,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             note = note or f"from {src_name}"
         tensors.append(TensorPlan(name, src_name, src_shape if src_name else None, shape,
                                   output_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
-                                  noise_name, note))
+                                  noise_name, note, noise_maps))
 
     warnings = [c.text for c in arch.caveats
                 if (dst.width != src.width if c.on == "width" else dst.heads != src.heads)
@@ -922,12 +973,44 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     if multi_query(arch, src) and dst.heads != src.heads:
         warnings.append(f"multi-query attention: the one kv head stays one and serves all {dst.heads} heads "
                         f"(the group size grows {src.heads} -> {dst.heads})")
-    plan = Plan(arch.name, src, dst, options, tensors, _grown_config(arch, source.config, src, dst, sources),
-                base_shapes, sources, warnings, sum(math.prod(s) for _, s in source.tensors.values()))
+    plan = Plan(arch.name, src, dst, options, tensors,
+                _grown_config(arch, source.config, src, dst, sources, options.dtype), base_shapes, sources,
+                warnings, sum(math.prod(s) for _, s in source.tensors.values()))
     if plan.growth > GROWTH_WARNING:
         warnings.append(f"growth factor {plan.growth:g} (width x depth); beyond about {GROWTH_WARNING} "
                         "warm-starting was seen to stop paying off (around 2 is the most reliable)")
     return plan
+
+
+def _cloned(arch: Architecture, p: Param, tied_readout: bool, is_global: bool, tiled: tuple[Tiled, ...],
+            maps: tuple, init: Init, shrink: float, perturb: float, tied: bool,
+            width_copies: int) -> tuple[tuple, tuple | None, Init, float, float, str]:
+    """HyperCloning's knobs of one tensor (maps, noise maps, init, shrink,
+    perturb, note). The hidden state is tiled, so a tensor that reads it
+    (fan-in) divides by the copies, and its noise comes in +/- pairs along
+    the fan-in copies; a tensor that does not (an embedding, a bias) is
+    copied without noise. The readout divides unless μP's readout does it
+    already; a tied readout cannot (it is the embedding), so the final norm
+    divides instead."""
+    if p.role in NORM_ROLES:
+        if is_global and tied and not arch.mup_readout:
+            return (maps, None, Constant(init.value, on_source=0.0), shrink / width_copies, perturb,
+                    f"copied, / {width_copies} for the tied readout")
+        return maps, None, Constant(init.value, on_source=0.0), shrink, perturb, "copied"
+    fan = None if tied_readout else p.fan_in
+    copies = tiled[fan].copies if fan is not None else 1
+    if not copies:
+        raise PlanError(f"--method hyperclone: the parts of the fan-in axis of '{p.name}' grow by different factors")
+    divisor = 1 if p.role == Role.OUTPUT and arch.mup_readout else copies
+    if divisor > 1:
+        maps = tuple(scaled(m, 1 / divisor) if k == fan else m for k, m in enumerate(maps))
+    noise_maps = None
+    if isinstance(init, Normal):
+        if copies > 1:
+            noise_maps = tuple(tiled[k].pairs if k == fan else () for k in range(len(maps)))
+        else:
+            perturb = 0.0
+    return maps, noise_maps, init, shrink, perturb, f"tiled, fan-in / {divisor}" if divisor > 1 else "tiled"
 
 
 def _check_grown_config(arch: Architecture, prefix: str, source: Source, plan: Plan) -> None:
@@ -963,16 +1046,26 @@ def _left_to_default(arch: Architecture, size: str, dst: Sizes) -> bool:
     return size == "ffn" and bool(arch.ffn_default) and arch.ffn_default * dst.width == dst.ffn
 
 
+DTYPE_KEYS = ("torch_dtype", "dtype")  # transformers 4 writes the first, 5 the second
+
+
+def config_dtype(config: dict, option: str) -> dict:
+    """A copy of the config naming the dtype --dtype converts the weights to,
+    in each of DTYPE_KEYS it holds, so transformers loads the weights in it."""
+    return {**config, **({} if option == "keep" else {k: option for k in DTYPE_KEYS if k in config})}
+
+
 def _grown_config(arch: Architecture, config: dict | None, src: Sizes, dst: Sizes,
-                  sources: list[int | None]) -> dict | None:
+                  sources: list[int | None], dtype: str = "keep") -> dict | None:
     """config.json for the grown model, stating every grown size: the keys it
     holds updated, and a size it leaves out or null written out, since the
     families' defaults for a missing key differ (Qwen3's head_dim is 128,
     not width / heads). Only an ffn left to the family's ffn_default x width
-    stays so while that gives the grown ffn. Per-layer lists follow the layers."""
+    stays so while that gives the grown ffn. Per-layer lists follow the layers,
+    and the dtype --dtype gives is named (config_dtype)."""
     if config is None:
         return None
-    out = dict(config)
+    out = config_dtype(config, dtype)
     values = {"width": dst.width, "ffn": dst.ffn, "heads": dst.heads, "kv_heads": dst.kv_heads,
               "head_dim": dst.head_dim, "layers": dst.layers, "vocab": dst.vocab, "ctx": dst.ctx, "embed": dst.embed,
               "experts": dst.experts, "moe_ffn": dst.moe_ffn, "shared_ffn": dst.shared_ffn}

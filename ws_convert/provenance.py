@@ -198,7 +198,7 @@ class _Optional:
         self.value = value
 
 
-ADDED_OPTIONS = ("to_experts", "experts_top_k")  # options that records made by 0.2.0 leave out (defaults apply)
+ADDED_OPTIONS = ("to_experts", "experts_top_k", "method")  # options older records leave out (defaults apply)
 
 
 def _options_schema() -> dict:

@@ -6,10 +6,14 @@ of a second instead of the two seconds importing torch takes. `op.py` runs
 the same call on tensors.
 
 Where source elements land is described per axis by segments: source
-positions [src, src + length) of that axis go to [dst, dst + length). One
-segment per axis is a top-left zero pad; several describe heads, fused q|k|v
-projections or rotary half-splits. Everything not covered is zero before the
-noise is added.
+positions [src, src + length) of that axis go to [dst, dst + length), times a
+scale. One segment per axis is a top-left zero pad; several describe heads,
+fused q|k|v projections or rotary half-splits; a source position may land
+several times (an operator that copies units). Everything not covered is
+zero before the noise is added. The noise of an output position is, by
+default, the stream's value at that position; noise segments let an axis
+draw it from another position, times a sign (so paired blocks can carry
+opposite noise).
 """
 
 from __future__ import annotations
@@ -25,14 +29,27 @@ KERNEL_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 class Segment(NamedTuple):
-    """Source positions [src, src + length) of one axis land at [dst, dst + length)."""
+    """Source positions [src, src + length) of one axis land at [dst, dst + length),
+    multiplied by `scale` (the scales of all axes and the shrink multiply)."""
 
     dst: int
     src: int
     length: int
+    scale: float = 1.0
+
+
+class NoiseSegment(NamedTuple):
+    """Output positions [dst, dst + length) of one axis take the noise drawn
+    for positions [at, at + length) of that axis, times `sign` (1, -1 or 0)."""
+
+    dst: int
+    at: int
+    length: int
+    sign: int = 1
 
 
 AxisMap = Sequence[Segment]
+NoiseMap = Sequence[NoiseSegment]
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,24 @@ def tensor_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
 
 
-def check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int], src_shape: Sequence[int] | None) -> None:
+def check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int], src_shape: Sequence[int] | None,
+               noise_maps: Sequence[NoiseMap] | None = None) -> None:
     """The checks the kernels make too, so the reference refuses the same input."""
     if len(maps) != len(out_shape):
         raise ValueError(f"expected one segment list per output axis ({len(out_shape)}), got {len(maps)}")
+    if noise_maps is not None:
+        if len(noise_maps) != len(out_shape):
+            raise ValueError(f"expected one noise segment list per output axis ({len(out_shape)}), "
+                             f"got {len(noise_maps)}")
+        for axis, (segs, n_out) in enumerate(zip(noise_maps, out_shape)):
+            end = 0
+            for dst, at, length, sign in sorted(segs):
+                if min(dst, at, length) < 0 or dst + length > n_out or at + length > n_out or sign not in (-1, 0, 1):
+                    raise ValueError(f"axis {axis}: noise segment (dst={dst}, at={at}, len={length}, sign={sign}) "
+                                     f"does not fit output size {n_out} or has a sign other than -1, 0, 1")
+                if length and dst < end:
+                    raise ValueError(f"axis {axis}: noise segments overlap at output position {dst}")
+                end = max(end, dst + length)
     if src_shape is None:
         if any(len(m) for m in maps):
             raise ValueError("segments given but no source tensor")
@@ -96,7 +127,7 @@ def check_maps(maps: Sequence[AxisMap], out_shape: Sequence[int], src_shape: Seq
         raise ValueError(f"source has {len(src_shape)} axes, output has {len(out_shape)}")
     for axis, (segs, n_out, n_src) in enumerate(zip(maps, out_shape, src_shape)):
         end = 0
-        for dst, src, length in sorted(segs):
+        for dst, src, length, *_ in sorted(segs):
             if min(dst, src, length) < 0 or dst + length > n_out or src + length > n_src:
                 raise ValueError(f"axis {axis}: segment (dst={dst}, src={src}, len={length}) does not "
                                  f"fit output size {n_out} and source size {n_src}")
@@ -117,9 +148,10 @@ class Buffer:
 
 def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], src: Buffer | None,
                 src_shape: Sequence[int] | None, src_row_start: int, maps: Sequence[AxisMap], *,
-                shrink: float, perturb: float, init: Init, seed: int, tid: int) -> dict:
+                shrink: float, perturb: float, init: Init, seed: int, tid: int,
+                noise_maps: Sequence[NoiseMap] | None = None) -> dict:
     """The keyword record both compiled modules take (csrc/bind_args.h): the
-    float32 knobs rounded once, as docs/DESIGN.md section 5 fixes."""
+    float32 knobs and scales rounded once, as docs/DESIGN.md section 5 fixes."""
     if src is not None and src.nbytes == 0:  # an empty source: nothing lands
         src, maps = None, [[] for _ in out_shape]
     return dict(
@@ -127,9 +159,16 @@ def kernel_args(out: Buffer, out_shape: Sequence[int], rows: tuple[int, int], sr
         row_start=rows[0], row_stop=rows[1],
         src_ptr=0 if src is None else src.address, src_nbytes=0 if src is None else src.nbytes,
         src_dtype="float32" if src is None else src.dtype, src_shape=list(src_shape or ()),
-        src_row_start=int(src_row_start), maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in maps],
+        src_row_start=int(src_row_start), maps=[[_segment(seg) for seg in axis] for axis in maps],
+        noise_maps=[[tuple(int(x) for x in seg) for seg in axis] for axis in noise_maps or [[] for _ in out_shape]],
         **_knobs(shrink, perturb, init), seed=int(seed), tid=int(tid),
     )
+
+
+def _segment(seg: Sequence) -> tuple:
+    """(dst, src, length, scale): the scale as float32, rounded once."""
+    dst, src, length, *scale = seg
+    return int(dst), int(src), int(length), f32(scale[0] if scale else 1.0)
 
 
 def knobs_key(shrink: float, perturb: float, init: Init) -> tuple[str, str, str]:

@@ -34,4 +34,5 @@ ARCHITECTURES = (Architecture(
         mlp.dense_4h_to_h.weight                W F           hidden@1
         mlp.dense_4h_to_h.bias                  W             vector
     """),
-    tied=("lm_head.weight", "{p}word_embeddings.weight"), tie_default=True, ffn_default=4, caveats=(ALIBI,)),)
+    tied=("lm_head.weight", "{p}word_embeddings.weight"), tie_default=True, ffn_default=4, caveats=(ALIBI,),
+    not_clonable="BLOOM's ALiBi slopes depend on the head count, so copied heads attend differently"),)

@@ -28,6 +28,7 @@ MUP_GPT = Architecture(
     """),
     rotary="half",
     tie_key=None,
+    mup_readout=True,
     ffn_default=4,  # GPTConfig: a missing or null ffn is 4 x width
     defaults={"zero_query": True},  # GPTConfig's
 )
