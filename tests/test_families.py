@@ -137,6 +137,58 @@ def test_hyperclone_keeps_the_logits(source, tmp_path):
                           atol=1e-10), case
 
 
+class GainOnly(torch.nn.Module):
+    """A norm without its normalization: x * gain (+ bias)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.weight, self.bias = norm.weight, getattr(norm, "bias", None)
+
+    def forward(self, x):
+        return x * self.weight if self.bias is None else x * self.weight + self.bias
+
+
+def test_net2net_new_units_copy_old_ones(source, tmp_path):
+    """--method net2net, no noise: old units stay, every new unit is a copy
+    of an old one (the embedding's new columns are old columns), and the
+    fan-in split among the copies keeps the logits with every norm the
+    identity, to the float32 rounding of the split weights. A tied readout
+    is the embedding and cannot split, so the final norm's gain does: there
+    the final norm keeps its gain."""
+    case, path = source
+    args = ["--to-width", TO, "--method", "net2net", "--perturb", 0]
+    refused = {**NOT_CLONABLE, "opt": "behind a projection"}  # its tied readout reads word_embed_proj_dim
+    if case in refused:
+        res = CliRunner().invoke(main, ["grow", str(path), *map(str, args), "-o", str(tmp_path / "x")])
+        assert res.exit_code == 2 and refused[case] in res.output, res.output
+        return
+    out = tmp_path / "wide"
+    cli("grow", path, *args, "-o", out, "-q")
+    cli("verify", out)
+    plan = json.loads(cli("plan", path, *args, "--json"))
+    embedding = next(t["name"] for t in plan["tensors"] if t["role"] == "input")
+    with safe_open(path / "model.safetensors", "pt") as f:
+        old = f.get_tensor(embedding)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        new = f.get_tensor(embedding)
+    assert torch.equal(new[:, :old.shape[1]], old)
+    assert all(any(torch.equal(new[:, j], old[:, i]) for i in range(old.shape[1])) for j in range(new.shape[1]))
+    assert not torch.equal(new[:, old.shape[1]:], new[:, :new.shape[1] - old.shape[1]])  # random, not tiled
+    before, after = load(case, path), load(case, out)
+    if getattr(before.config, "tie_word_embeddings", False):
+        final = next(t["name"] for t in plan["tensors"] if t["role"] == "norm_gain" and ".layers." not in t["name"]
+                     and ".h." not in t["name"]).removesuffix(".weight")
+        parent, _, leaf = final.rpartition(".")
+        for m in (before, after):
+            holder = m.get_submodule(parent)
+            setattr(holder, leaf, GainOnly(getattr(holder, leaf)))
+    x = ids(before.config)
+    want = logits(no_norms(before), x)
+    # a unit copied 3 times holds f32(w / 3) three times: float32 rounding, as the weights are float32,
+    # grown through layers without norms (and a router's top-k)
+    assert (logits(no_norms(after), x) - want).abs().max() <= 1e-4 * want.abs().max(), case
+
+
 @pytest.mark.parametrize("depth", [3, 4])
 def test_identity_blocks_keep_the_logits(source, tmp_path, depth):
     """--depth-policy identity, shrink 1, no noise: the copied blocks start with

@@ -48,7 +48,9 @@ RUNS = [("small", 128, dict(chunk_bytes=5000)), ("small", 128, dict(chunk_bytes=
         ("odd", 60, dict(dtype="bfloat16", chunk_bytes=3000)), ("odd", 60, dict(chunk_bytes=50000)),
         ("odd", 60, dict(dtype="float16", chunk_bytes=700)),
         ("small", 128, dict(method="hyperclone", chunk_bytes=3000)),
-        ("odd", 60, dict(method="hyperclone", dtype="bfloat16", to_depth=3, depth_policy="identity", chunk_bytes=700))]
+        ("odd", 60, dict(method="hyperclone", dtype="bfloat16", to_depth=3, depth_policy="identity", chunk_bytes=700)),
+        ("small", 128, dict(method="net2net", chunk_bytes=2000)),
+        ("odd", 60, dict(method="net2net", seed=7, chunk_bytes=50000))]
 
 
 def same_bytes_on_both(src: Path, width: int, kw: dict, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def small(tmp_path_factory):
     return root / "small", cls, config
 
 
-@pytest.mark.parametrize("method", ["szp", "hyperclone"])
+@pytest.mark.parametrize("method", ["szp", "hyperclone", "net2net"])
 def test_same_bytes_for_threads_shards_and_chunks(small, tmp_path, method):
     src, _, _ = small
     ref = grow(src, 128, out=tmp_path / "ref", threads=1, method=method)

@@ -140,3 +140,27 @@ def test_hyperclone_keeps_the_gpt_logits():
         assert big.config.heads == 8 and big.config.width == 128
         with torch.no_grad():
             assert torch.allclose(big(x), model(x), rtol=1e-5, atol=1e-5), perturb
+
+
+def test_net2net_keeps_the_gpt_logits_without_norms():
+    """--method net2net on the bundled GPT, no noise: with its RMS norms made
+    the identity (gains kept: x * g), the copies' split fan-in keeps the
+    logits; μP's readout divides by the width multiplier, so the readout
+    takes it back."""
+    model, _ = small()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grown, plan = grow_state_dict(state, 128, method="net2net", perturb=0.0, config=model.config.to_dict())
+    big = build(GPTConfig.from_dict(plan.config), init=False)
+    big.load_state_dict(grown)
+    assert not torch.equal(grown["wte.weight"][:, 64:], grown["wte.weight"][:, :64])  # random picks, not tiles
+    for m in (model, big):
+        for module in m.modules():
+            if isinstance(module, torch.nn.RMSNorm):
+                module.forward = lambda x, g=module.weight: x * g
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        want = model(x)
+        assert (big(x) - want).abs().max() <= 1e-4 * want.abs().max()

@@ -156,6 +156,52 @@ def test_plot_draws_several_runs(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_figure_says_what_it_compares_in_one_unit_with_every_line_named():
+    """Steps count updates from 1; the held-out loss before the first update
+    is the held-out curve's first point, at 0."""
+    import matplotlib.pyplot as plt
+
+    from ws_convert.train import loss_figure
+
+    warm = [{"step": s, "loss": 3.0 - s / 10, **({"eval_loss": 2.5 - s / 10} if s % 2 else {})} for s in range(5)]
+    warm[0]["eval_loss_start"] = 2.75
+    scratch = [{"step": s, "loss": 5.0 - s / 10, "eval_loss": 5.5 - s / 10} for s in range(5)]
+    fig = loss_figure([scratch, warm], ["scratch", "warm"], title="warm vs scratch", unit="nats per byte")
+    (ax,) = fig.axes
+    assert ax.get_title() == "warm vs scratch" and ax.get_ylabel() == "loss (nats per byte)"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert sorted(lines) == sorted(t.get_text() for t in ax.get_legend().get_texts())  # every line in the legend
+    assert list(lines["warm, training batches"].get_xdata()) == [1, 2, 3, 4, 5]
+    assert list(lines["warm, held-out"].get_xdata()) == [0, 2, 4]
+    assert list(lines["warm, held-out"].get_ydata()) == [2.75, 2.4, 2.2]
+    assert list(lines["scratch, held-out"].get_xdata()) == [1, 2, 3, 4, 5]  # no score before the first update
+    assert len(lines) == 4
+    plt.close(fig)
+
+
+def test_the_command_line_trainer_prints_held_out_losses_as_they_come_on_a_terminal(tmp_path, monkeypatch):
+    import re
+
+    import click.testing
+    from click.testing import CliRunner
+
+    from ws_convert.cli import main
+
+    monkeypatch.setattr(click.testing._NamedTextIOWrapper, "isatty", lambda self: True)  # draw the bar
+    args = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--steps", "4", "--batch-size", "4",
+            "--context", "16", "--eval-every", "2", "--eval-batches", "2", "--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    printed = [line for line in res.stdout.splitlines() if "held-out" in line]
+    assert printed[0].startswith("step 0/4: held-out ") and printed[0].endswith("(before training)")
+    assert [re.match(r"step (\d)/4: loss \d\.\d{4}, held-out \d\.\d{4}$", line)[1] for line in printed[1:4]] == [
+        "1", "2", "4"]
+    assert printed[4].startswith("done: 4 steps")
+    assert "training" in res.stderr and "step 4, loss" in res.stderr  # the bar, below the lines
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert printed[0] == f"step 0/4: held-out {log[0]['eval_loss_start']:.4f} (before training)"
+
+
 def test_a_run_is_scored_before_its_first_update_on_windows_of_the_dataset(tmp_path, text):
     """The first record holds the held-out loss before any update (for a warm
     start, the grown model itself), and the held-out windows do not follow

@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
 
 import click
 
 from ._version import __version__
 from .families import NAMES as ARCH_NAMES
-from .errors import WsConvertError, printable
-from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, Plan, TensorPlan
+from .errors import PlanError, WsConvertError, printable
+from .plan import DEPTH_POLICIES, HEAD_POLICIES, NORM_POLICIES, GrowthOptions, Plan, Source, TensorPlan
+from .operators import METHODS
 from .szp_spec import Normal
 
 
@@ -48,12 +52,50 @@ def source_options(fn):
     return fn
 
 
+@dataclass(frozen=True)
+class Multiple:
+    """A size given as a multiple of the source's (`--to-width 2x`), known
+    only once the source is read."""
+
+    factor: Fraction
+    text: str  # as given, for messages
+
+    def of(self, size: int, flag: str, what: str) -> int:
+        value = self.factor * size
+        if value.denominator != 1:
+            raise PlanError(f"{flag} {self.text} of the source's {what} {size} is {float(value):g}, not a whole "
+                            f"number; give the {what} itself or another multiple")
+        return int(value)
+
+
+class SizeType(click.ParamType):
+    """A positive whole size, or a multiple of the source's size (`2x`, `1.5x`)."""
+
+    name = "N|Kx"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | Multiple:
+        if isinstance(value, (int, Multiple)):
+            return value
+        text = str(value).strip()
+        try:
+            if text[:-1] and text[-1] in "xX":
+                if (factor := Fraction(text[:-1])) > 0:
+                    return Multiple(factor, text)
+            elif (n := int(text)) >= 1:
+                return n
+        except ValueError:
+            pass
+        self.fail(f"{text!r} is neither a positive whole number nor a positive multiple like 2x", param, ctx)
+
+
 def growth_options(fn):
     """The knobs of a growth, shared by `grow` and `plan` (docs/DESIGN.md section 7)."""
     for option in reversed([
-        click.option("--to-width", type=click.IntRange(1),
-                     help="Target width (d_model; default: the source width, growing only --to-depth)."),
-        click.option("--to-depth", type=click.IntRange(1), help="Target number of layers."),
+        click.option("--to-width", type=SizeType(),
+                     help="Target width (d_model), or a multiple of the source's like 2x "
+                          "(default: the source width, growing only --to-depth)."),
+        click.option("--to-depth", type=SizeType(),
+                     help="Target number of layers, or a multiple of the source's like 2x."),
         click.option("--to-ffn", type=click.IntRange(1), help="Target MLP size (default: scales with width)."),
         click.option("--to-experts", type=click.IntRange(2),
                      help="Upcycle a dense model into its family's mixture of experts with this many experts."),
@@ -61,18 +103,32 @@ def growth_options(fn):
                      help="Experts each token is routed to (with --to-experts)."),
         click.option("--head-policy", type=click.Choice(HEAD_POLICIES), default="heads", show_default=True,
                      help="Add heads (keep head_dim) or widen each head."),
-        click.option("--depth-policy", type=click.Choice(DEPTH_POLICIES), default="stack", show_default=True),
-        click.option("--shrink", type=float, default=0.4, show_default=True),
-        click.option("--perturb", type=float, default=1.0, show_default=True),
+        click.option("--depth-policy", type=click.Choice(DEPTH_POLICIES), default="stack", show_default=True,
+                     help="How new layers are filled: stack repeats the layer stack, interleave repeats each "
+                          "layer, identity adds copied layers whose output projections are zero (the function "
+                          "is kept), init starts them at the init; see docs/DESIGN.md."),
+        click.option("--method", type=click.Choice(METHODS), default="szp", show_default=True,
+                     help="The growth operator: szp (shrink, zero-pad, perturb), hyperclone (copies of every "
+                          "unit, fan-in divided: the function is kept) or net2net (new units copy random old "
+                          "ones, fan-in split among the copies)."),
+        click.option("--shrink", type=float,
+                     help="Factor on the source weights: output = shrink x source + perturb x init "
+                          "(default: 0.4 for szp, 1 for hyperclone and net2net)."),
+        click.option("--perturb", type=float, default=1.0, show_default=True,
+                     help="Factor on the target's μP init added to every entry (0: the padded source only)."),
         click.option("--norms", type=click.Choice(NORM_POLICIES), default="shrink", show_default=True,
                      help="Norm gains and biases: shrink like every tensor, or copy the old units "
                           "(new units start at the init)."),
-        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True),
-        click.option("--init-std", type=float, default=0.02, show_default=True),
-        click.option("--readout-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True),
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                     help="Seed of the noise; the same seed gives the same bytes on every device."),
+        click.option("--init-std", type=float, default=0.02, show_default=True,
+                     help="Std of the μP init (hidden weights: init_std x sqrt(base fan-in / fan-in))."),
+        click.option("--readout-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True,
+                     help="The output layer's init: zero (μP's choice) or normal like the other layers."),
         click.option("--base-shapes", type=click.Path(dir_okay=False), help="mup .bsh file with the base shapes."),
         click.option("--dtype", type=click.Choice(["keep", "float32", "bfloat16", "float16"]), default="keep",
-                     show_default=True),
+                     show_default=True,
+                     help="Output dtype of the weights (and in config.json); keep: each tensor's own."),
     ]):
         fn = option(fn)
     return source_options(fn)
@@ -80,9 +136,51 @@ def growth_options(fn):
 
 def growth_kwargs(kw: dict) -> dict:
     """GrowthOptions fields from click's parameters."""
-    keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "shrink", "perturb", "norms", "seed",
-            "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads", "to_experts", "experts_top_k")
+    keys = ("to_width", "to_depth", "to_ffn", "head_policy", "depth_policy", "method", "shrink", "perturb", "norms",
+            "seed", "init_std", "readout_init", "dtype", "arch", "num_heads", "num_kv_heads", "to_experts",
+            "experts_top_k")
     return {k: kw[k] for k in keys}
+
+
+def resolved(source: Source, options: dict) -> dict:
+    """`options` with a --to-width or --to-depth given as a multiple (`2x`)
+    turned into the size it makes of this source's width or layers."""
+    from .plan import detect, source_sizes
+
+    multiples = {k: v for k, v in options.items() if isinstance(v, Multiple)}
+    if not multiples:
+        return options
+    arch, prefix = detect(source, options["arch"])
+    if arch is None:
+        from .generic import source_width
+
+        width, layers = source_width(source), None
+    else:
+        sizes = source_sizes(arch, prefix, source, GrowthOptions(**{**options, **dict.fromkeys(multiples)}))
+        width, layers = sizes.width, sizes.layers
+    out = dict(options)
+    if "to_width" in multiples:
+        out["to_width"] = multiples["to_width"].of(width, "--to-width", "width")
+    if "to_depth" in multiples:
+        if layers is None:
+            raise PlanError(f"--to-depth {multiples['to_depth'].text}: --arch generic does not know the layers, "
+                            "so it cannot grow depth")
+        out["to_depth"] = multiples["to_depth"].of(layers, "--to-depth", "layers")
+    return out
+
+
+def growth_plan(src: str, kw: dict, base_shapes: str | None, allow_pickle: bool,
+                revision: str | None) -> tuple[Plan, dict]:
+    """The plan of the growth click's parameters ask for, and the options
+    (GrowthOptions' fields) it was made of, a multiple (`2x`) resolved against the source."""
+    from .hub import resolve
+    from .plan import make_plan
+    from .reader import open_checkpoint
+
+    with open_checkpoint(resolve(src, revision).path, allow_pickle=allow_pickle) as ckpt:
+        source = Source.of(ckpt)
+    options = resolved(source, growth_kwargs(kw))
+    return make_plan(source, GrowthOptions(**options), base_shapes), options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,16 +285,27 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         parse_size(max_shard_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
-    options = growth_kwargs(kw)
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, the first process speaks for all
+    # planned here too, so that its warnings come before the work, and sizes like 2x are resolved once
+    planned, options = growth_plan(src, kw, base_shapes, allow_pickle, revision)
+
+    def shown_out(written: Path) -> str:
+        """The output as the user named it: -o as given, the default as a path like SRC's."""
+        if out is not None:
+            return out
+        return str(written) if Path(src).is_absolute() else os.path.relpath(written)
+
     if dry_run:
         report = run_grow(src, out=out, overwrite=overwrite, device=device, max_shard_size=max_shard_size,
                           base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, dry_run=True,
                           **options)
         if not quiet:
             click.echo(plan_table(report.plan))
-            click.echo(f"dry run: target {report.out} checked; would write {human(report.plan.bytes_after)}B there")
+            click.echo(f"dry run: target {printable(shown_out(report.out))} checked; would write "
+                       f"{human(report.plan.bytes_after)}B there")
         return
+    for w in planned.warnings:
+        click.echo(f"warning: {w}", err=True)
     bar = None
     started = time.perf_counter()
     state = {"done": 0, "tensor": 0, "tensors": 0}
@@ -209,11 +318,11 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         nonlocal bar
         if quiet or not sys.stderr.isatty():
             return
+        state.update(done=state["done"] + nbytes, tensor=tensor, tensors=tensors)  # before the first frame
         if bar is None:
             bar = click.progressbar(length=total, label="growing", file=sys.stderr, show_eta=True,
                                     item_show_func=status)
             bar.__enter__()
-        state.update(done=state["done"] + nbytes, tensor=tensor, tensors=tensors)
         bar.update(nbytes, current_item=tensor)
 
     try:
@@ -231,14 +340,12 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    for w in report.plan.warnings:
-        click.echo(f"warning: {w}", err=True)
     for name, why in report.skipped:
         click.echo(printable(f"note: not copied: {name} ({why})"), err=True)
     if not quiet:
-        click.echo(f"wrote {report.out}: {human(report.params_before)} -> {human(report.params_after)} parameters, "
-                   f"{human(report.bytes_written)}B in {report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, "
-                   f"{report.device})")
+        click.echo(f"wrote {printable(shown_out(report.out))}: {human(report.params_before)} -> "
+                   f"{human(report.params_after)} parameters, {human(report.bytes_written)}B in "
+                   f"{report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, {report.device})")
         if report.copied:
             click.echo(printable(f"copied from the source: {few(report.copied)}"))
 
@@ -289,33 +396,83 @@ def verify(out: str, source: str | None, allow_pickle: bool, threads: int | None
     sys.exit(1)
 
 
+class TrainingProgress:
+    """The trainer's `progress(step, total, record)` for the terminal: every
+    held-out loss printed as a line as it is evaluated (the one before the
+    first update as step 0), and on a terminal a bar on stderr below them.
+    A run starting over at step 1 (the demo trains twice) gets a new bar."""
+
+    def __init__(self, indent: str = "") -> None:
+        self.indent, self.bar = indent, None
+
+    def say(self, text: str) -> None:
+        """A line of text, over the bar's line where one is drawn (it redraws below on its next step)."""
+        if self.bar is not None:
+            click.echo("\r\x1b[K", nl=False, err=True)
+        click.echo(text)
+
+    def __call__(self, step: int, total: int, record: dict) -> None:
+        if "eval_loss_start" in record:
+            self.say(f"{self.indent}step 0/{total}: held-out {record['eval_loss_start']:.4f} (before training)")
+        if "eval_loss" in record:
+            self.say(f"{self.indent}step {step}/{total}: loss {record['loss']:.4f}, "
+                     f"held-out {record['eval_loss']:.4f}")
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None or step == 1:
+            self.close()
+            self.bar = click.progressbar(length=total, label=f"{self.indent}training", file=sys.stderr,
+                                         show_eta=True, item_show_func=self.status)
+            self.bar.__enter__()
+        self.bar.update(1, current_item=(step, record))
+        if step == total:
+            self.close()
+
+    @staticmethod
+    def status(item: tuple[int, dict] | None) -> str | None:
+        return item and f"step {item[0]}, loss {item[1]['loss']:.4f}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
 @main.command()
 @click.option("--arch", type=click.Choice([n for n in ARCH_NAMES if n not in ("generic", "mup-gpt")]),
               help="Build a model of this Hugging Face family (default: the bundled μP GPT).")
-@click.option("--width", type=click.IntRange(2), default=128, show_default=True)
-@click.option("--depth", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--width", type=click.IntRange(2), default=128, show_default=True, help="Model width (d_model).")
+@click.option("--depth", type=click.IntRange(1), default=4, show_default=True, help="Number of layers.")
+@click.option("--heads", type=click.IntRange(1), default=4, show_default=True, help="Attention heads.")
 @click.option("--kv-heads", type=click.IntRange(0), default=0,
               help="Key/value heads of a family model (default: --heads).")
 @click.option("--ffn", type=click.IntRange(0), default=0, help="MLP size (default: 4 x --width).")
 @click.option("--base-width", type=click.IntRange(0), default=0, help="μP base width (default: --width).")
-@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--context", type=click.IntRange(2), default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True)
-@click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default="wsd", show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Sequences per step (over all processes under torchrun).")
+@click.option("--context", type=click.IntRange(2), default=128, show_default=True, help="Tokens per sequence.")
+@click.option("--lr", type=float, default=1e-2, show_default=True,
+              help="Peak learning rate of MuAdamW (μP scales it per layer).")
+@click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default="wsd", show_default=True,
+              help="Learning rate after the warm-up: wsd holds it, then cools down linearly over the last 20%; "
+                   "cosine decays it.")
 @click.option("--warmup", type=click.IntRange(0), default=0, help="Warm-up steps (default: 5% of --steps).")
-@click.option("--init-std", type=float, default=0.02, show_default=True)
+@click.option("--init-std", type=float, default=0.02, show_default=True,
+              help="Std of the μP init of a fresh model.")
 @click.option("--data", help="Text file or folder, or a .bin token file (default: Python's stdlib sources).")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
               help="Tokenizer directory for text data (default: the --init-from model's, if it has one).")
-@click.option("--out", default="ws-convert-run", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="ws-convert-run", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory: the model, log.jsonl, loss.png and checkpoints; a run there is resumed.")
 @click.option("--init-from", type=click.Path(exists=True), help="Start from this (grown) checkpoint.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU if there is one), cpu or cuda.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--fsdp", is_flag=True, help="Under torchrun: shard parameters, gradients and optimizer state (FSDP2).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the init and of the training batches.")
+@click.option("--eval-every", type=click.IntRange(1), default=50, show_default=True,
+              help="Steps between held-out evaluations (also after the first step and the last).")
 @click.option("--eval-batches", type=click.IntRange(1), default=8, show_default=True,
               help="Held-out batches per evaluation (the same windows for every seed).")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
@@ -326,25 +483,11 @@ def train(compile_: bool, **kw) -> None:
     scratch or --init-from a grown checkpoint."""
     from .train import TrainConfig, train as run_train
 
-    bar = None
-
-    def progress(step: int, total: int, record: dict) -> None:
-        nonlocal bar
-        if not sys.stderr.isatty():
-            if "eval_loss" in record:
-                click.echo(f"step {step}/{total}: loss {record['loss']:.4f}, held-out {record['eval_loss']:.4f}")
-            return
-        if bar is None:
-            bar = click.progressbar(length=total, label="training", file=sys.stderr, show_eta=True,
-                                    item_show_func=lambda r: r and f"loss {r['loss']:.4f}")
-            bar.__enter__()
-        bar.update(1, current_item=record)
-
+    progress = TrainingProgress()
     try:
         result = run_train(TrainConfig(compile=compile_, **kw), progress=progress)
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        progress.close()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process speaks for all
         return
     click.echo(f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, held-out "
@@ -359,9 +502,7 @@ def train(compile_: bool, **kw) -> None:
 def plan_cmd(src: str, as_json: bool, base_shapes: str | None, allow_pickle: bool, revision: str | None,
              **kw) -> None:
     """Show the per-tensor plan for growing SRC; nothing is written."""
-    from .api import plan
-
-    p = plan(src, base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, **growth_kwargs(kw))
+    p, _ = growth_plan(src, kw, base_shapes, allow_pickle, revision)
     click.echo(json.dumps(p.to_json(), indent=1) if as_json else plan_table(p))
 
 
@@ -391,13 +532,16 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
 
 
 @main.command()
-@click.option("--out", default="ws-convert-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="ws-convert-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the grown model, both runs, loss.png and summary.json.")
 @click.option("--steps", type=click.IntRange(2), default=200, show_default=True,
               help="Training steps of each run (warm-start and scratch).")
 @click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base run directory (default: shipped).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--eval-every", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of both runs' training batches (and of the scratch run's init).")
+@click.option("--device", default="auto", show_default=True, help="Where both runs train: auto, cpu or cuda.")
+@click.option("--eval-every", type=click.IntRange(1), default=20, show_default=True,
+              help="Steps between held-out evaluations of both runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's results in --out.")
 @fail_cleanly
 def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_every: int, overwrite: bool) -> None:
@@ -405,25 +549,12 @@ def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_ev
     against the same model trained from scratch."""
     from .demo import run, table
 
-    bar = None
-
-    def progress(step: int, total: int, record: dict) -> None:
-        nonlocal bar
-        if not sys.stderr.isatty():
-            return
-        if bar is None or step == 1:
-            if bar is not None:
-                bar.__exit__(None, None, None)
-            bar = click.progressbar(length=total, label="  training", file=sys.stderr, show_eta=True,
-                                    item_show_func=lambda r: r and f"loss {r['loss']:.4f}")
-            bar.__enter__()
-        bar.update(1, current_item=record)
-        if step == total:
-            bar.__exit__(None, None, None)
-            bar = None
-
-    summary = run(out, steps=steps, base=base, seed=seed, device=device, eval_every=eval_every,
-                  overwrite=overwrite, say=click.echo, progress=progress)
+    progress = TrainingProgress(indent="  ")
+    try:
+        summary = run(out, steps=steps, base=base, seed=seed, device=device, eval_every=eval_every,
+                      overwrite=overwrite, say=progress.say, progress=progress)
+    finally:
+        progress.close()
     click.echo(table(summary))
     click.echo(f"wrote {out}/loss.png and {out}/summary.json")
 

@@ -9,6 +9,7 @@ steps each run needed to reach the scratch run's final loss.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -31,6 +32,7 @@ def steps_to_reach(log: list[dict], target: float) -> int | None:
 
 
 PRODUCTS = ("grown", "warm", "scratch", "loss.png", "summary.json")  # what a demo writes under --out
+UNIT = "nats per byte"  # the demo's data are bytes, each a token
 
 
 def _base_config(base: Path) -> GPTConfig:
@@ -64,8 +66,9 @@ def _clear(out: Path, overwrite: bool, base: Path) -> None:
 
 def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Path | None = None,
         seed: int = 0, device: str = "auto", eval_every: int = 20, lr: float = 1e-2, overwrite: bool = False,
-        say: Callable[[str], None] = print, progress=None) -> dict:
-    """Run the demo; returns (and writes to out/summary.json) the summary."""
+        say: Callable[[str], None] = functools.partial(print, flush=True), progress=None) -> dict:
+    """Run the demo; returns (and writes to out/summary.json) the summary.
+    `say` gets each stage's line, `progress` the trainer's (train.train)."""
     out, base = Path(out), Path(base) if base else BASE
     config = _base_config(base)
     _clear(out, overwrite, base)
@@ -75,14 +78,16 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
     grown = grow(base / "model.safetensors", to_width, out=out / "grown", device="cpu")
     common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, device=device,
                   eval_every=eval_every, eval_batches=8)
-    say(f"2/3 continue training the grown model for {steps} steps")
+    say(f"2/3 continue training the grown model for {steps} steps (losses in {UNIT})")
     warm = train(TrainConfig(**common, init_from=str(grown.out), out=str(out / "warm")), progress=progress)
     g = json.loads((grown.out / "config.json").read_text())
     say(f"3/3 train the same architecture from scratch for {steps} steps, same hyperparameters")
     scratch = train(TrainConfig(**common, width=g["width"], depth=g["depth"], heads=g["heads"],
                                 base_width=g["base_width"], init_std=g["init_std"], out=str(out / "scratch")),
                     progress=progress)
-    plot([scratch["log"], warm["log"]], ["scratch", "warm-start (SZP)"], out / "loss.png")
+    labels = [f"scratch (width {to_width})", f"warm-start (SZP from width {config.width})"]
+    plot([scratch["log"], warm["log"]], labels, out / "loss.png", unit=UNIT,
+         title=f"Width {config.width} grown to {to_width} with SZP vs. trained from scratch, {steps} steps each")
     target = scratch["final_eval_loss"]
     summary = {
         "steps": steps,
@@ -104,7 +109,7 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
 
 def table(summary: dict) -> str:
     """The demo's report as text."""
-    lines = [f"held-out loss (nats/byte), width {summary['base_width']} -> {summary['width']}, "
+    lines = [f"held-out loss ({UNIT}), width {summary['base_width']} -> {summary['width']}, "
              f"{summary['steps']} steps each", f"{'step':>6}  {'scratch':>8}  {'warm-start':>10}"]
     lines += [f"{r['step']:>6}  {r['scratch']:>8.4f}  {r['warm']:>10.4f}" for r in summary["eval"]]
     warm_steps = summary["warm_steps_to_scratch_final"]

@@ -30,8 +30,8 @@ from typing import NamedTuple
 from .architectures import Architecture, Role
 from .errors import PlanError
 from .families import ALL
-from .plan import (GrowthOptions, Plan, Sizes, Source, TensorPlan, base_shape, config_sizes, init_for,
-                   output_dtype, shown)
+from .plan import (GrowthOptions, Plan, Sizes, Source, TensorPlan, base_shape, config_dtype, config_sizes,
+                   init_for, output_dtype, shown)
 from .szp_spec import Init, Segment
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "width")
@@ -152,13 +152,19 @@ def _heads(source: Source, given: dict[str, tuple[int, str]], to_width: int, adv
     return heads, head_dim, to_width // head_dim
 
 
-def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, object] | None = None,
-                 base_path: str | Path | None = None) -> Plan:
+def source_width(source: Source) -> int:
+    """The width --arch generic grows, which only a config gives."""
     given = config_sizes(SIZE_KEYS, source, NULLABLE)
     if "width" not in given:
         raise PlanError(f"{source.path}: --arch generic needs the width from a config.json "
                         f"({', '.join(WIDTH_KEYS)})")
-    width = given["width"][0]
+    return given["width"][0]
+
+
+def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, object] | None = None,
+                 base_path: str | Path | None = None) -> Plan:
+    width = source_width(source)
+    given = config_sizes(SIZE_KEYS, source, NULLABLE)
     if o.to_depth:
         raise PlanError("--arch generic cannot grow depth: it does not know the layers")
     if o.to_width <= width:
@@ -223,7 +229,7 @@ def plan_generic(source: Source, o: GrowthOptions, base_file: Mapping[str, objec
     if native:
         warnings.append(f"{source.config_name} names {native[0]}, which --arch {native[1].name} grows knowing "
                         "its layout")
-    new_config = dict(source.config or {})
+    new_config = config_dtype(source.config or {}, o.dtype)
     for keys, value in ((WIDTH_KEYS, o.to_width), (FFN_KEYS, to_ffn), (HEADS_KEYS, to_heads),
                         (SIZE_KEYS["kv_heads"], to_heads)):
         for k in keys:

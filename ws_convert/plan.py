@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +19,7 @@ from .families import ALL, BY_NAMES, NAMES, REFUSED, by_name, of_model_type
 from .errors import PlanError
 from .gc_pause import collection_paused
 from .safetensors_spec import ITEMSIZE
-from .operators import DEFAULT_SHRINK, METHODS, Tiled, scaled, tile_axis
+from .operators import COPYING, DEFAULT_SHRINK, METHODS, Tiled, chosen_axis, scaled, tile_axis, unit_choice
 from .szp_spec import KERNEL_DTYPES, Constant, Init, NoiseSegment, Normal, Segment, f32
 
 INFINITE = {Kind.WIDTH, Kind.FFN, Kind.MOE_FFN, Kind.SHARED_FFN, Kind.Q, Kind.KV, Kind.EMBED}
@@ -829,12 +829,12 @@ def make_plan(source: Source, options: GrowthOptions, base_shapes_file: str | Pa
     arch, prefix = detect(source, options.arch)
     if arch is None and options.method != "szp":
         raise PlanError(f"--method {options.method} needs the layout of a known family; --arch generic only pads")
-    if arch is not None and arch.not_clonable and options.method == "hyperclone":
-        raise PlanError(f"--method hyperclone cannot keep a {arch.name} model's function: {arch.not_clonable}")
-    if arch is not None and options.method == "hyperclone" and not arch.mup_readout and not any(
+    if arch is not None and arch.not_clonable and options.method in COPYING:
+        raise PlanError(f"--method {options.method} cannot keep a {arch.name} model's function: {arch.not_clonable}")
+    if arch is not None and options.method in COPYING and not arch.mup_readout and not any(
             p.role in NORM_ROLES for p in arch.globals) and _tied(arch, source.config or {}):
-        raise PlanError(f"--method hyperclone: a {arch.name} model with tied embeddings and no final norm gain "
-                        "cannot keep its function (the readout cannot divide: it is the embedding)")
+        raise PlanError(f"--method {options.method}: a {arch.name} model with tied embeddings and no final norm "
+                        "gain cannot keep its function (the readout cannot divide: it is the embedding)")
     if arch is None:
         from .generic import plan_generic
         plan = plan_generic(source, options, base_file, base_shapes_file)
@@ -862,6 +862,9 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     policy = options.head_policy
     config = source.config or {}
     tied = _tied(arch, config)
+    if options.method == "net2net" and tied and not arch.mup_readout and src.embed not in (None, src.width):
+        raise PlanError("--method net2net: a tied readout behind a projection (OPT's word_embed_proj_dim) cannot "
+                        "divide its copies; untie it or use --method hyperclone")
     sources = layer_sources(src.layers, dst.layers, options.depth_policy)
     copies = {j for j, (_, copy) in enumerate(identity_blocks(src.layers, dst.layers)) if copy} \
         if options.depth_policy == "identity" else set()
@@ -950,6 +953,9 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             maps, noise_maps, init, shrink, perturb, note = _cloned(
                 arch, p, name == readout and tied, p in arch.globals, tiled, maps, init, shrink, perturb, tied,
                 dst.width // src.width)
+        elif options.method == "net2net" and src_name is not None:
+            maps, init, note = _widened(arch, p, name == readout and tied, p in arch.globals, tied, src, dst,
+                                        _choices(src, dst, options.seed, name.rsplit(".", 2)[0]), src_shape, init)
         elif p.role in NORM_ROLES and options.norms == "copy":
             shrink, init, note = 1.0, Constant(init.value, on_source=0.0), "copied, new units at init"
         if p.role == Role.NORM_GAIN and arch.norm_offset:
@@ -1010,7 +1016,57 @@ def _cloned(arch: Architecture, p: Param, tied_readout: bool, is_global: bool, t
             noise_maps = tuple(tiled[k].pairs if k == fan else () for k in range(len(maps)))
         else:
             perturb = 0.0
-    return maps, noise_maps, init, shrink, perturb, f"tiled, fan-in / {divisor}" if divisor > 1 else "tiled"
+    note = "tiled" + (f", fan-in / {divisor}" if divisor > 1 else "") + (", noise +/- in pairs" if noise_maps else "")
+    return maps, noise_maps, init, shrink, perturb, note
+
+
+def _choices(src: Sizes, dst: Sizes, seed: int, group: str) -> Callable[[Kind], tuple[int, ...]]:
+    """Net2Net's unit choices of the tensors of one module (`group`, such as
+    model.layers.3.mlp): the width is one choice for the whole model; a
+    module's ffn and kv heads are its own; query heads follow their kv
+    head's choice group by group (a new group copies an old group whole), or
+    are chosen alone when one kv head serves them all."""
+    memo: dict[Kind, tuple[int, ...]] = {}
+
+    def choice(kind: Kind) -> tuple[int, ...]:
+        kind = {Kind.HEADS: Kind.Q, Kind.KV_HEADS: Kind.KV}.get(kind, kind)
+        if kind not in memo:
+            if kind == Kind.EMBED and src.embed == src.width:  # no projection between them: one axis
+                memo[kind] = choice(Kind.WIDTH)
+            elif kind in (Kind.WIDTH, Kind.EMBED):
+                memo[kind] = unit_choice(seed, kind.value, src.of(kind), dst.of(kind))
+            elif kind in (Kind.FFN, Kind.MOE_FFN, Kind.SHARED_FFN):
+                memo[kind] = unit_choice(seed, f"{group}:{kind.value}", src.of(kind), dst.of(kind))
+            elif kind == Kind.KV:
+                memo[kind] = unit_choice(seed, f"{group}:kv", src.kv_heads, dst.kv_heads)
+            elif kind == Kind.Q and dst.kv_heads == src.kv_heads:  # multi-query: the one kv head stays
+                memo[kind] = unit_choice(seed, f"{group}:q", src.heads, dst.heads)
+            elif kind == Kind.Q:
+                g, kv = src.heads // src.kv_heads, choice(Kind.KV)
+                memo[kind] = tuple(kv[j // g] * g + j % g for j in range(dst.heads))
+            else:  # what does not grow: vocabulary, positions, experts, head_dim
+                memo[kind] = tuple(range(src.of(kind)))
+        return memo[kind]
+
+    return choice
+
+
+def _widened(arch: Architecture, p: Param, tied_readout: bool, is_global: bool, tied: bool, src: Sizes, dst: Sizes,
+             choice: Callable[[Kind], tuple[int, ...]], src_shape: tuple[int, ...], init: Init) -> tuple:
+    """Net2Net's maps of one tensor, its init and note: new units copy the
+    chosen old ones, a fan-in axis divides each copy by its unit's copies;
+    under μP's own readout the readout also takes back the width multiplier
+    it divides by; a tied readout is the embedding, so the final norm
+    divides in its place. Norm gains are copied."""
+    fan = None if tied_readout else p.fan_in
+    if p.role in NORM_ROLES:
+        init = Constant(init.value, on_source=0.0)
+        fan = 0 if is_global and tied and not arch.mup_readout else None
+    maps = tuple(chosen_axis(a, src, dst, choice, k == fan) if axis_size(a, src) is not None
+                 else (Segment(0, 0, src_shape[k]),) for k, a in enumerate(p.axes))
+    if p.role == Role.OUTPUT and arch.mup_readout and fan is not None:
+        maps = tuple(scaled(m, dst.width / src.width) if k == fan else m for k, m in enumerate(maps))
+    return maps, init, "new units copy old ones" + (", fan-in / copies" if fan is not None else "")
 
 
 def _check_grown_config(arch: Architecture, prefix: str, source: Source, plan: Plan) -> None:

@@ -399,6 +399,8 @@ def _load_config(directory: Path) -> dict | None:
 def _open_index(index: Path) -> tuple[list[Path], dict[str, TensorInfo], dict[str, str]]:
     data = parse_json(read_file(index), index, "index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if weight_map is None and isinstance(data, dict) and ("model_type" in data or index.name == "config.json"):
+        raise CheckpointError(index, f"is a config, not weights; give its directory, {index.parent}")
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise CheckpointError(index, "index has no weight_map of tensor names to shard files")
@@ -507,8 +509,9 @@ def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoi
         raise CheckpointError(path, "no such file or directory")
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise CheckpointError(path, "pickle checkpoints can run code when loaded; convert to "
-                                        "safetensors or allow pickle explicitly")
+            raise CheckpointError(path, "pickle checkpoints can run code when loaded; convert this one to "
+                                        "safetensors, or pass --allow-pickle (allow_pickle=True in Python) to "
+                                        "load only its weights")
         return _open_pickle(path)
     if path.suffix == ".json":
         files, tensors, metadata = _open_index(path)

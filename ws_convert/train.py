@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,9 @@ from .errors import CheckpointError, OutputError, WsConvertError
 from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
 from .reader import open_checkpoint, read_header
 from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -473,8 +477,12 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
             "final_eval_loss": evals[-1] if evals else None, "log": log}
 
 
-def plot(logs: list[list[dict]], labels: list[str], path: str | Path) -> None:
-    """Loss curves (train faint, held-out bold) of one or several runs."""
+def loss_figure(logs: list[list[dict]], labels: list[str], *, title: str | None = None,
+                unit: str = "nats per token") -> Figure:
+    """Loss curves of one or several runs, every line in the legend: the
+    training batches' faint, the held-out bold. Steps count updates from 1; a
+    held-out loss taken before the first update (a warm start's: the grown
+    model itself) is the held-out curve's first point, at step 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,16 +490,30 @@ def plot(logs: list[list[dict]], labels: list[str], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for log, label in zip(logs, labels):
-        line, = ax.plot([r["step"] for r in log], [r["loss"] for r in log], alpha=0.3)
-        ev = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
-        ax.plot(*zip(*ev), marker="o", color=line.get_color(), label=f"{label} (held-out)")
+        line, = ax.plot([r["step"] + 1 for r in log], [r["loss"] for r in log], alpha=0.3,
+                        label=f"{label}, training batches")
+        ev = [(0, log[0]["eval_loss_start"])] if log and "eval_loss_start" in log[0] else []
+        ev += [(r["step"] + 1, r["eval_loss"]) for r in log if "eval_loss" in r]
+        if ev:
+            ax.plot(*zip(*ev), marker="o", color=line.get_color(), label=f"{label}, held-out")
+    if title:
+        ax.set_title(title)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(f"loss ({unit})")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(logs: list[list[dict]], labels: list[str], path: str | Path, *, title: str | None = None,
+         unit: str = "nats per token") -> None:
+    """loss_figure, saved as a PNG."""
+    fig = loss_figure(logs, labels, title=title, unit=unit)
+    import matplotlib.pyplot as plt  # after loss_figure chose the backend
+
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-__all__ = ["TrainConfig", "train", "plot", "lr_at"]
+__all__ = ["TrainConfig", "train", "plot", "loss_figure", "lr_at"]
