@@ -272,11 +272,15 @@ def terminate_like_interrupt() -> Iterator[None]:
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard, like 500MB or 5GB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--optimizer-state", type=click.Path(dir_okay=False),
+              help="Also grow this optimizer.pt of the trainer (AdamW moments, with the weights' maps), "
+                   "written beside the grown weights for train --resume-optimizer.")
 @click.option("--dry-run", is_flag=True, help="Plan and check everything, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @fail_cleanly
 def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool, revision: str | None, device: str,
-         threads: int | None, max_shard_size: str, overwrite: bool, dry_run: bool, quiet: bool, **kw) -> None:
+         threads: int | None, max_shard_size: str, overwrite: bool, optimizer_state: str | None, dry_run: bool,
+         quiet: bool, **kw) -> None:
     """Grow the checkpoint SRC (a path, or a Hugging Face Hub repo id) to a larger width (and depth) with SZP."""
     from .engine import grow as run_grow
     from .writer import parse_size
@@ -298,7 +302,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
     if dry_run:
         report = run_grow(src, out=out, overwrite=overwrite, device=device, max_shard_size=max_shard_size,
                           base_shapes=base_shapes, allow_pickle=allow_pickle, revision=revision, dry_run=True,
-                          **options)
+                          optimizer_state=optimizer_state, **options)
         if not quiet:
             click.echo(plan_table(report.plan))
             click.echo(f"dry run: target {printable(shown_out(report.out))} checked; would write "
@@ -329,7 +333,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         with terminate_like_interrupt():
             report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
                               max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
-                              revision=revision, progress=progress, **options)
+                              revision=revision, progress=progress, optimizer_state=optimizer_state, **options)
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         click.echo(f"\nws-convert: {how}; nothing was written at the output", err=True)
@@ -477,6 +481,8 @@ class TrainingProgress:
               help="Held-out batches per evaluation (the same windows for every seed).")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Also checkpoint every N steps.")
 @click.option("--overwrite", is_flag=True, help="Train into an --out holding another model's files, replacing them.")
+@click.option("--resume-optimizer", is_flag=True,
+              help="With --init-from: continue the optimizer state grown beside it (grow --optimizer-state).")
 @fail_cleanly
 def train(compile_: bool, **kw) -> None:
     """Train under μP: the bundled GPT or a Hugging Face family (--arch), from

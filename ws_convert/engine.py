@@ -29,12 +29,13 @@ from .errors import CheckpointError, OutputError
 from .gc_pause import collection_paused
 from .hub import resolve
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
-from .provenance import HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
+from .provenance import GROWN, HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
 from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, knobs_key, tensor_id
-from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor, output_dir,
-                     parse_size)
+from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, OPTIMIZER_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor,
+                     output_dir, parse_size)
+
 
 if TYPE_CHECKING:
     import torch
@@ -153,7 +154,7 @@ def _is_weights_or_written(name: str) -> bool:
 # grown weights they would load (or configure) the small model, with a warning
 # at most. Left out, and said so.
 OTHER_FORMAT_SUFFIXES = (".index.json", ".h5", ".msgpack", ".ot", ".onnx", ".gguf", ".tflite", ".ckpt")
-OTHER_FORMAT_NAMES = ("params.json",)  # Mistral's own config, with the sizes
+OTHER_FORMAT_NAMES = ("params.json", OPTIMIZER_NAME)  # Mistral's config, with the sizes; a trainer's state
 
 
 def side_files(directory: Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -197,6 +198,17 @@ def copy_side_files(writer: CheckpointWriter, directory: Path, names: list[str])
             os.close(fd)
         copied[name] = {"bytes": size, HASH_ALGORITHM: digest}
     return copied
+
+
+def write_bytes(writer: CheckpointWriter, name: str, data: bytes) -> dict:
+    """Write `data` into the output as `name`; {"bytes", "xxh3_128"} for the record."""
+    fd = os.memfd_create(name)
+    try:
+        os.write(fd, data)
+        size, digest = writer.copy_file(name, fd)
+    finally:
+        os.close(fd)
+    return {"bytes": size, HASH_ALGORITHM: digest}
 
 
 def pick_device(device: str) -> str:
@@ -646,15 +658,18 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
          device: str = "auto", threads: int | None = None, max_shard_size: int | str = "5GB",
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
          chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
-         dry_run: bool = False, revision: str | None = None, **options) -> GrowReport:
+         dry_run: bool = False, revision: str | None = None, optimizer_state: str | Path | None = None,
+         **options) -> GrowReport:
     """Grow the checkpoint at `src` (a path, or a Hugging Face Hub repo id at
     `revision`) into a new directory (default: beside it, named after it and
     the width, or the depth when only that grows; for a repo id, in the
     current directory, named after the repo).
     `options` are GrowthOptions' fields.
     `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
-    output bytes are computed. A dry run plans and checks everything a real
-    run would, the target included, and writes nothing."""
+    output bytes are computed. `optimizer_state` (an optimizer.pt of the
+    trainer) is grown with the weights' maps and written beside them. A dry
+    run plans and checks everything a real run would, the target included,
+    and writes nothing."""
     t_start = time.perf_counter()
     hub = resolve(src, revision)
     src = hub.path
@@ -672,12 +687,19 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
         writer = planned_writer(out, plan, prov, overwrite=overwrite, protect=protect)
         directory = source_dir(src)
         names, skipped = side_files(directory) if directory is not None else ([], [])
+        grown_state = None
+        if optimizer_state is not None:
+            from .optimizer_state import grow_state
+
+            grown_state = grow_state(plan, optimizer_state)
         if dry_run:
             writer.check()
             return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start, names, skipped)
         def finish(hashes: dict) -> None:
             copied = copy_side_files(writer, directory, names) if names else {}
-            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: {**hashes, "files": copied}}))
+            grown = {} if grown_state is None else {OPTIMIZER_NAME: write_bytes(writer, OPTIMIZER_NAME, grown_state)}
+            writer.add_file(PROVENANCE_NAME, record_text({**prov, HASHES: {**hashes, "files": copied,
+                                                                           **({GROWN: grown} if grown else {})}}))
 
         rank, size = ranks.world()
         if size > 1:

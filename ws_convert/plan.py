@@ -136,6 +136,7 @@ class TensorPlan:
     noise_name: str  # the name whose stream the noise comes from (a tied readout uses its embedding's)
     note: str = ""
     noise_maps: tuple[tuple[NoiseSegment, ...], ...] | None = None  # None: each position's own noise
+    fan_in: int | None = None  # the axis a μP role reads (None: unknown, or none)
 
     @property
     def numel(self) -> int:
@@ -971,7 +972,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             note = note or f"from {src_name}"
         tensors.append(TensorPlan(name, src_name, src_shape if src_name else None, shape,
                                   output_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
-                                  noise_name, note, noise_maps))
+                                  noise_name, note, noise_maps, p.fan_in if not (tied and name == readout) else None))
 
     warnings = [c.text for c in arch.caveats
                 if (dst.width != src.width if c.on == "width" else dst.heads != src.heads)

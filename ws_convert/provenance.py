@@ -29,6 +29,7 @@ from .reader import PICKLE_SUFFIXES, Checkpoint, header_sha256, open_regular, pa
 
 TOOL = "ws-convert"
 HASHES = "source_hashes"  # the key of ws_convert.json the shards' copy lacks
+GROWN = "grown_files"  # files grow computes beside the weights (a grown optimizer state), by their hashes
 HASH_ALGORITHM = "xxh3_128"  # releases the GIL and runs at memory speed: hashing never slows grow
 HASH_BLOCK = 16 << 20
 
@@ -215,7 +216,8 @@ SCHEMA = {
                "files": [{"name": str, "header_sha256": str}],
                "hub_repo_id": _Optional((str, type(None))), "hub_revision": _Optional((str, type(None)))},
     "options": _options_schema(),
-    HASHES: {"algorithm": str, "tensors": _Map(str), "files": _Map({"bytes": int, HASH_ALGORITHM: str})},
+    HASHES: {"algorithm": str, "tensors": _Map(str), "files": _Map({"bytes": int, HASH_ALGORITHM: str}),
+             GROWN: _Optional(_Map({"bytes": int, HASH_ALGORITHM: str}))},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
 

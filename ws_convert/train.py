@@ -12,7 +12,8 @@ the tokenizer files, so `out` is a Hugging Face directory that `grow` takes
 as is), `log.jsonl`, `loss.png` and the training checkpoint `checkpoint-N/`
 (N the step it holds), from which a run resumes and continues the same loss
 trajectory. Training from a grown
-checkpoint (`init_from`) starts the optimizer fresh, as in the paper.
+checkpoint (`init_from`) starts the optimizer fresh, as in the paper, or
+continues the optimizer state grown beside it (`resume_optimizer`).
 
 A training checkpoint is the model's files and `optimizer.pt` written into
 a hidden temporary directory, flushed, and renamed to `checkpoint-N` in one
@@ -45,7 +46,7 @@ from . import hf_model, sharding
 from .errors import CheckpointError, OutputError, WsConvertError
 from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
 from .reader import open_checkpoint, read_header
-from .writer import _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
+from .writer import OPTIMIZER_NAME, _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,6 +82,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 0  # 0: only at the end
     overwrite: bool = False  # train into an --out holding another model's files
+    resume_optimizer: bool = False  # with init_from: continue the optimizer state grown beside it
 
 
 # Held-out windows are the dataset's, not the run's: runs of any seed are scored on the same data.
@@ -107,7 +109,7 @@ def _check_resume(out: Path, saved: dict, c: TrainConfig) -> None:
                              "the same settings, or train into a new --out")
 
 
-MODEL_NAME, OPTIMIZER_NAME, CONFIG_NAME = "model.safetensors", "optimizer.pt", "config.json"
+MODEL_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")
 # What a run's --out holds only if it is that run's (or replaced with --overwrite): the names the
 # trainer writes over, and any other model's weights.
@@ -376,9 +378,17 @@ def train(c: TrainConfig, progress=None) -> dict:
     if c.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise WsConvertError("--fsdp shards across the processes of torchrun: run it as torchrun "
                              "--nproc_per_node N -m ws_convert.cli train ... --fsdp")
+    if c.resume_optimizer and (not c.init_from or c.fsdp):
+        raise WsConvertError("--resume-optimizer continues the optimizer state grown beside --init-from; it needs "
+                             "--init-from and does not take --fsdp yet")
     device = _device(c.device)
     with _Dist(device) as dist:
         return _train(c, progress, device, dist)
+
+
+def _names(model: torch.nn.Module) -> dict[int, str]:
+    """Parameter names by the identity of the parameter."""
+    return {id(p): n for n, p in model.named_parameters()}
 
 
 def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
@@ -405,6 +415,10 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
                              f"{ds.vocab_size}")
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
+    if c.resume_optimizer and not latest:
+        from .optimizer_state import load_into
+
+        load_into(optimizer, _names(model), Path(c.init_from) / OPTIMIZER_NAME)
     net = model
     if c.fsdp:
         optimizer = sharding.shard(model, optimizer)
@@ -431,8 +445,10 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
         if step > start:  # else the run was finished: only its publishing may be missing
             weights, opt_state = sharding.full_state(model, optimizer) if c.fsdp else (None, optimizer.state_dict())
             if dist.main:
-                latest = _write_checkpoint(out, model, {"optimizer": opt_state, "step": step, "train": asdict(c)},
-                                           source, weights)
+                names = _names(model)  # sharding replaces the parameters: look them up now
+                order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+                latest = _write_checkpoint(out, model, {"optimizer": opt_state, "param_names": order, "step": step,
+                                                        "train": asdict(c)}, source, weights)
         if dist.main:
             _publish(out, latest)
 

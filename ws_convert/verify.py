@@ -17,7 +17,7 @@ from .engine import DEFAULT_CHUNK_BYTES, Chunk, execute, planned_writer
 from .errors import CheckpointError, PlanError
 from .hub import resolve
 from .plan import Plan, Source, make_plan
-from .provenance import (HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_record, config_sha256, fingerprint,
+from .provenance import (GROWN, HASH_ALGORITHM, HASHES, TOOL, SourceHasher, check_record, config_sha256, fingerprint,
                          read_options, read_record, record_text, without_hashes)
 from .reader import INDEX_NAME, Checkpoint, open_checkpoint, open_regular, parse_json
 from .safetensors_spec import MAX_HEADER, METADATA_KEY
@@ -86,8 +86,9 @@ def verify(out: str | Path, *, source: str | Path | None = None, allow_pickle: b
         report.source_config_changed = config_sha256(src.config) != rec["source"]["config_sha256"]
         plan = _replan(src, rec, report)
         writer = planned_writer(out, plan, rec)
-        copies = rec[HASHES]["files"]
-        report.files = _check_record(rec, plan) + _check_files(out, writer, rec, copies) + _check_copies(out, copies)
+        copies, grown = rec[HASHES]["files"], rec[HASHES].get(GROWN, {})
+        report.files = (_check_record(rec, plan) + _check_files(out, writer, rec, {**copies, **grown})
+                        + _check_copies(out, copies) + _check_copies(out, grown, "the file grow wrote"))
         report.source_copies_changed = sorted(n for n, want in copies.items()
                                               if _content(Path(src.path).parent / n) != want)
         checked = [t for s in writer.shards if _is_file_of(out / s.file, s.size) for t in s.tensors]
@@ -209,8 +210,8 @@ def _content(path: Path) -> dict | None:
     return {"bytes": size, HASH_ALGORITHM: digest}
 
 
-def _check_copies(out: Path, copies: dict[str, dict]) -> list[Problem]:
-    """The source's files grow copied, against the sizes and hashes it recorded."""
+def _check_copies(out: Path, copies: dict[str, dict], what: str = "the source's file") -> list[Problem]:
+    """Files grow copied (or computed), against the sizes and hashes it recorded."""
     problems = []
     for name, want in copies.items():
         st = _lstat(out / name)
@@ -219,9 +220,9 @@ def _check_copies(out: Path, copies: dict[str, dict]) -> list[Problem]:
         elif not stat.S_ISREG(st.st_mode):
             problems.append(Problem("differs", name, "is not a regular file"))
         elif (have := _content(out / name)) != want:
-            detail = (f"has {have['bytes']} bytes, the source's copied file had {want['bytes']}"
+            detail = (f"has {have['bytes']} bytes, {what} had {want['bytes']}"
                       if have and have["bytes"] != want["bytes"] else
-                      "is not the source's file byte for byte (its xxh3_128 differs from the record)")
+                      f"is not {what} byte for byte (its xxh3_128 differs from the record)")
             problems.append(Problem("differs", name, detail))
     return problems
 

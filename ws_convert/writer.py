@@ -248,6 +248,7 @@ def output_dir(out: str | os.PathLike[str]) -> Path:
 WRITEBACK_EARLY = hasattr(os, "posix_fadvise") and os.environ.get("WS_CONVERT_WRITEBACK", "1") != "0"
 
 PROVENANCE_NAME = "ws_convert.json"
+OPTIMIZER_NAME = "optimizer.pt"  # a trainer's optimizer state (grown with --optimizer-state)
 CONFIG_NAME = "config.json"
 BASE_SHAPES_NAME = "base_shapes.bsh"
 MAX_OPEN = 16  # output shards open at once; the others are closed until written again
