@@ -5,6 +5,7 @@ a markdown table and a plot under --out (docs/results by default):
     python experiments/warmstart.py scale     # warm-start vs scratch at growth 2x and 4x, also compute-matched
     python experiments/warmstart.py lr-sweep  # μTransfer: best lr at base width, target scratch, target warm
     python experiments/warmstart.py ablate    # shrink in {0.2, 0.4, 0.6, 1.0}; perturb 0 vs 1; norms shrunk vs copied
+    python experiments/warmstart.py operators # szp, zero-pad, hyperclone (+ grown optimizer state), net2net, scratch
 
 Every run starts from the same base: `--base` (default: the model shipped in
 ws_convert/assets), grown with ws_convert.grow, then trained with
@@ -26,14 +27,16 @@ from ws_convert.train import TrainConfig, plot, train
 def run_one(work: Path, name: str, base: Path, to_width: int | None, seed: int, steps: int, lr: float,
             **grow_options) -> dict:
     """One training run: from scratch at `to_width` (to_width given, no base),
-    warm from `base` grown to `to_width`, or the base width itself."""
+    warm from `base` grown to `to_width`, or the base width itself. With an
+    `optimizer_state` among the grow options, the warm run continues it."""
     cfg = json.loads((base / "config.json").read_text())
     common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, eval_every=max(1, steps // 10),
                   eval_batches=8, out=str(work / name))
     if name.startswith("warm"):
         g = grow(base / "model.safetensors", to_width, out=work / f"{name}-grown", overwrite=True, seed=seed,
                  **grow_options)
-        return train(TrainConfig(**common, init_from=str(g.out)))
+        return train(TrainConfig(**common, init_from=str(g.out),
+                                 resume_optimizer="optimizer_state" in grow_options))
     width = to_width or cfg["width"]
     return train(TrainConfig(**common, width=width, depth=cfg["depth"], heads=cfg["heads"] * width // cfg["width"],
                              base_width=cfg["base_width"]))
@@ -134,9 +137,55 @@ def ablate(a) -> str:
     return ("| variant (2x width) | held-out at step 1 | held-out at the end |\n|---|---|---|\n" + "\n".join(rows))
 
 
+def rerun_base(a) -> Path:
+    """The base retrained with the command that made it (README), which also
+    leaves its optimizer state: its weights must be the shipped base's."""
+    from safetensors.torch import load_file
+
+    run = a.work / "base-rerun"
+    if not (run / "model.safetensors").is_file():
+        train(TrainConfig(width=128, depth=4, heads=4, steps=800, batch_size=16, context=128, lr=1e-2, seed=0,
+                          eval_every=100, out=str(run)))
+    shipped, again = load_file(a.base / "model.safetensors"), load_file(run / "model.safetensors")
+    same = shipped.keys() == again.keys() and all(shipped[k].equal(again[k]) for k in shipped)
+    print(f"base retrained: {'the same weights as' if same else 'NOT the same weights as'} {a.base}")
+    return run
+
+
+def operators(a) -> str:
+    """The operators side by side at 2x width from one base, with the same
+    trainer and hyperparameters, and scratch at equal steps and at the warm
+    runs' total compute."""
+    base_w = json.loads((a.base / "config.json").read_text())["width"]
+    w = 2 * base_w
+    base = rerun_base(a)
+    state = next(base.glob("checkpoint-*")) / "optimizer.pt"
+    variants = {"szp (shrink 0.4, noise)": {}, "zero-pad (shrink 1, no noise)": dict(shrink=1.0, perturb=0.0),
+                "hyperclone": dict(method="hyperclone"), "hyperclone + grown optimizer state":
+                dict(method="hyperclone", optimizer_state=state), "net2net": dict(method="net2net")}
+    long = matched_steps(a.base, w, a.steps)
+    rows, logs = [], []
+    for label, opts in variants.items():
+        res = [run_one(a.work, f"warm-{label.split(' (')[0].replace(' ', '_')}-s{s}", base, w, s, a.steps, a.lr,
+                       **opts) for s in a.seeds]
+        start = [x["log"][0]["eval_loss_start"] for x in res]
+        rows.append(f"| {label} | {spread(start)} | {spread([x['final_eval_loss'] for x in res])} |")
+        logs.append(res[0]["log"])
+    for label, steps in ((f"scratch, {a.steps} steps (equal steps)", a.steps),
+                         (f"scratch, {long} steps (equal total compute)", long)):
+        res = [run_one(a.work, f"scratch-{steps}steps-s{s}", base, w, s, steps, a.lr) for s in a.seeds]
+        rows.append(f"| {label} | {spread([x['log'][0]['eval_loss_start'] for x in res])} | "
+                    f"{spread([x['final_eval_loss'] for x in res])} |")
+        logs.append(res[0]["log"])
+    plot(logs, [*variants, "scratch, equal steps", "scratch, equal compute"], a.out / "operators.png",
+         title=f"Growth operators at 2x width ({base_w} -> {w}), seed {a.seeds[0]}")
+    return (f"| {base_w} -> {w}, {a.steps} steps | held-out before training | held-out at the end |\n"
+            "|---|---|---|\n" + "\n".join(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=["scale", "lr-sweep", "ablate"])
+    ap.add_argument("experiment", choices=["scale", "lr-sweep", "ablate", "operators"])
     ap.add_argument("--base", type=Path, default=BASE)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-2)
@@ -147,7 +196,7 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)
-    table = {"scale": scale, "lr-sweep": lr_sweep, "ablate": ablate}[a.experiment](a)
+    table = {"scale": scale, "lr-sweep": lr_sweep, "ablate": ablate, "operators": operators}[a.experiment](a)
     (a.out / f"{a.experiment}.md").write_text(table + "\n")
     print(table)
 
