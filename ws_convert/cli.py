@@ -218,7 +218,7 @@ def plan_table(p: Plan) -> str:
     upcycled = f" (upcycled, top {p.options.experts_top_k})" if p.options.to_experts else ""
     experts = f"{t.experts} experts{upcycled}, " if t.experts else ""
     lines = [f"{p.arch}: width {s.width} -> {t.width}, {heads}, ffn {s.ffn} -> {t.ffn}, {experts}"
-             f"layers {s.layers} -> {t.layers} ({p.options.depth_policy}); "
+             f"layers {s.layers} -> {t.layers} ({p.options.depth_policy}); {p.options.method}, "
              f"shrink {p.options.shrink}, perturb {p.options.perturb}, "
              f"{'norms copied, ' if p.options.norms == 'copy' else ''}seed {p.options.seed}"]
     rows = [("tensor", "shape", "role", "shrink", "noise std", "layout")]
