@@ -63,7 +63,7 @@ def test_hyperclone_with_the_grown_state_takes_the_small_model_s_step(trained, t
     big = load(report.out)
     big_optimizer = MuAdamW(big.parameters(), lr=LR, betas=BETAS)
     if grown_state:
-        load_into(big_optimizer, names_of(big), report.out / "optimizer.pt")
+        load_into(big_optimizer, big, report.out / "optimizer.pt")
     x = torch.randint(0, 61, (4, 16))
     with torch.no_grad():
         assert torch.allclose(big(x), model(x), rtol=1e-5, atol=1e-5)  # the same function before the step
@@ -115,9 +115,62 @@ def test_the_trainer_resumes_a_grown_state(tmp_path):
     assert [(p.kind, p.file) for p in verify(grown.out).files] == [("differs", "optimizer.pt")]
 
 
-def test_a_state_without_names_is_refused(trained, tmp_path):
+def test_a_trainer_state_without_names_is_refused(trained, tmp_path):
     _, optimizer = trained
     torch.save({"optimizer": optimizer.state_dict(), "step": 3, "train": {}}, tmp_path / "anonymous.pt")
-    with pytest.raises(CheckpointError, match="param_names"):
+    with pytest.raises(CheckpointError, match="not an optimizer state"):
         grow(tmp_path / "small", 128, out=tmp_path / "big", optimizer_state=tmp_path / "anonymous.pt")
     assert not (tmp_path / "big").exists()
+
+
+def test_a_pytorch_state_beside_a_hugging_face_model(tmp_path):
+    """AdamW(model.parameters()).state_dict() saved beside a transformers
+    model: matched to its parameters through its config, grown, and written
+    in the grown model's parameter order, so AdamW of the grown model loads it."""
+    transformers = pytest.importorskip("transformers")
+    from models import tiny
+
+    cls, config = tiny("llama", width=32, heads=4, kv_heads=2)
+    torch.manual_seed(0)
+    model = cls(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        x = torch.randint(0, 97, (2, 8))
+        optimizer.zero_grad()
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+    model.save_pretrained(tmp_path / "small")
+    torch.save(optimizer.state_dict(), tmp_path / "small" / "optimizer.pt")
+    report = grow(tmp_path / "small", 64, to_depth=3, depth_policy="identity", method="hyperclone",
+                  out=tmp_path / "big", optimizer_state=tmp_path / "small" / "optimizer.pt")
+    assert verify(report.out).ok
+    big = transformers.AutoModelForCausalLM.from_pretrained(report.out)
+    big_optimizer = torch.optim.AdamW(big.parameters(), lr=1e-3)
+    big_optimizer.load_state_dict(torch.load(report.out / "optimizer.pt", weights_only=True))
+    names = [n for n, _ in big.named_parameters()]
+    state = big_optimizer.state_dict()["state"]
+    small = optimizer.state_dict()["state"]
+    small_names = [n for n, _ in model.named_parameters()]
+    down = small[small_names.index("model.layers.0.mlp.down_proj.weight")]  # [width, ffn]: output width
+    grown = state[names.index("model.layers.0.mlp.down_proj.weight")]
+    assert torch.equal(grown["exp_avg"], down["exp_avg"].repeat(2, 2) / 2)
+    assert torch.equal(grown["exp_avg_sq"], down["exp_avg_sq"].repeat(2, 2) / 4)
+    new_layer = state[names.index("model.layers.2.self_attn.o_proj.weight")]  # the identity block's zero output
+    assert not new_layer["exp_avg"].any()
+    x = torch.randint(0, 97, (2, 8))
+    big(x, labels=x).loss.backward()
+    big_optimizer.step()
+
+
+def test_several_unnamed_parameter_groups_are_refused(tmp_path):
+    pytest.importorskip("transformers")
+    from models import tiny
+
+    cls, config = tiny("llama", width=32, heads=4, kv_heads=2)
+    model = cls(config)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}])
+    model.save_pretrained(tmp_path / "small")
+    torch.save(optimizer.state_dict(), tmp_path / "small" / "optimizer.pt")
+    with pytest.raises(CheckpointError, match="2 parameter groups"):
+        grow(tmp_path / "small", 64, out=tmp_path / "big", optimizer_state=tmp_path / "small" / "optimizer.pt")

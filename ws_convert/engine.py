@@ -691,7 +691,7 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
         if optimizer_state is not None:
             from .optimizer_state import grow_state
 
-            grown_state = grow_state(plan, optimizer_state)
+            grown_state = grow_state(plan, optimizer_state, ckpt.config)
         if dry_run:
             writer.check()
             return GrowReport(out, plan, dev, 0, time.perf_counter() - t_start, names, skipped)

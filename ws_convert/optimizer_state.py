@@ -37,22 +37,56 @@ from .writer import OPTIMIZER_NAME
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def read_state(path: str | Path) -> tuple[dict, dict[str, dict]]:
-    """(the file's record, {parameter name: its AdamW state}) of a trainer's
-    optimizer.pt."""
-    path = Path(path)
+def _load(path: Path) -> dict:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged or foreign file
         raise CheckpointError(path, f"cannot be read as an optimizer state ({type(exc).__name__})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("optimizer"), dict):
-        raise CheckpointError(path, "not an optimizer state written by ws-convert's trainer")
-    names = record.get("param_names")
-    if not isinstance(names, list):
-        raise CheckpointError(path, "names no parameters (param_names); only optimizer states written by "
-                                    "ws-convert's trainer are grown so far")
-    state = record["optimizer"].get("state", {})
-    return record, {names[i]: s for i, s in state.items() if isinstance(i, int) and i < len(names)}
+    if not isinstance(record, dict):
+        raise CheckpointError(path, "not an optimizer state")
+    return record
+
+
+def hf_parameter_names(config: dict) -> list[str]:
+    """The parameter names of the Hugging Face model `config` describes, in
+    the order `model.parameters()` gives them (built on the meta device)."""
+    try:
+        import transformers
+    except ImportError:
+        raise PlanError("a PyTorch optimizer state beside a Hugging Face model is matched to its parameters "
+                        "through transformers, which is not installed") from None
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(config["model_type"], **fields))
+    return [n for n, _ in model.named_parameters()]
+
+
+def read_state(path: str | Path, config: dict | None = None) -> tuple[dict, dict[str, dict]]:
+    """(the file's record, {parameter name: its AdamW state}). The trainer's
+    optimizer.pt names its parameters; a PyTorch `optimizer.state_dict()` of
+    one parameter group is matched to the Hugging Face model `config`
+    describes, in its parameter order (as `AdamW(model.parameters())`)."""
+    path = Path(path)
+    record = _load(path)
+    if isinstance(record.get("optimizer"), dict) and isinstance(record.get("param_names"), list):
+        names, state = record["param_names"], record["optimizer"].get("state", {})
+    elif {"state", "param_groups"} <= record.keys():
+        groups = record["param_groups"]
+        if not isinstance(groups, list) or len(groups) != 1:
+            raise CheckpointError(path, f"has {len(groups) if isinstance(groups, list) else 'no'} parameter "
+                                        "groups; an optimizer state without parameter names is matched to the "
+                                        "model only when it has one group (AdamW(model.parameters()))")
+        if config is None or "model_type" not in config:
+            raise CheckpointError(path, "names no parameters, and no config.json says which model it belongs to")
+        names, state = hf_parameter_names(config), record["state"]
+        if len(groups[0].get("params", [])) != len(names):
+            raise CheckpointError(path, f"holds {len(groups[0].get('params', []))} parameters, the "
+                                        f"{config['model_type']} model of its config.json {len(names)}")
+    else:
+        raise CheckpointError(path, "not an optimizer state: neither ws-convert's trainer's nor a PyTorch "
+                                    "optimizer.state_dict()")
+    return record, {names[i]: s for i, s in state.items() if isinstance(i, int) and 0 <= i < len(names)}
 
 
 def moment_maps(t: TensorPlan, readout_scale: float, power: int) -> tuple[tuple[Segment, ...], ...]:
@@ -82,9 +116,12 @@ def moment_maps(t: TensorPlan, readout_scale: float, power: int) -> tuple[tuple[
     return tuple(out)
 
 
-def grow_state(plan: Plan, path: str | Path) -> bytes:
-    """The grown optimizer.pt of `plan`'s checkpoint, from the source's at `path`."""
-    _, states = read_state(path)
+def grow_state(plan: Plan, path: str | Path, config: dict | None = None) -> bytes:
+    """The grown optimizer state of `plan`'s checkpoint, from the source's at
+    `path` (`config`: the source's config.json), in the source's form: the
+    trainer's by parameter name, or a PyTorch state_dict in the grown Hugging
+    Face model's parameter order."""
+    record, states = read_state(path, config)
     steps = {float(s["step"]) for s in states.values() if "step" in s}
     if len(steps) > 1:
         raise CheckpointError(Path(path), f"its parameters are at different steps ({sorted(steps)[:3]})")
@@ -109,19 +146,33 @@ def grow_state(plan: Plan, path: str | Path) -> bytes:
             entry[key] = szp(src, t.shape, maps, shrink=t.shrink ** power, perturb=0.0, init=Constant(0.0),
                              tid=0, out_dtype=torch.float32)
         grown[t.name] = entry
-    names = list(grown)
-    out = {"optimizer": {"state": {i: grown[n] for i, n in enumerate(names)}, "param_groups": []},
-           "param_names": names, "step": 0, "grown_from": str(Path(path)),
-           "source_step": int(step.item())}
+    if "param_names" in record:
+        names = list(grown)
+        out = {"optimizer": {"state": {i: grown[n] for i, n in enumerate(names)}, "param_groups": []},
+               "param_names": names, "step": 0, "grown_from": str(Path(path)), "source_step": int(step.item())}
+    else:
+        names = hf_parameter_names(plan.config)
+        missing = [n for n in names if n not in grown]
+        if missing:
+            raise PlanError(f"the grown model has a parameter '{missing[0]}' that no planned tensor fills")
+        out = {"state": {i: grown[n] for i, n in enumerate(names)},
+               "param_groups": [{**record["param_groups"][0], "params": list(range(len(names)))}]}
     buffer = io.BytesIO()
     torch.save(out, buffer)
     return buffer.getvalue()
 
 
-def load_into(optimizer: torch.optim.Optimizer, names: dict[int, str], path: str | Path) -> None:
-    """Load a grown optimizer.pt into `optimizer` by parameter name
-    (`names`: id(parameter) -> name), keeping the optimizer's own settings."""
-    _, by_name = read_state(path)
+def load_into(optimizer: torch.optim.Optimizer, model: torch.nn.Module, path: str | Path) -> None:
+    """Load a grown optimizer state into `optimizer` of `model` by parameter
+    name (a PyTorch state_dict: in the model's parameter order), keeping the
+    optimizer's own settings."""
+    record = _load(Path(path))
+    if "param_names" in record:
+        _, by_name = read_state(path)
+    else:
+        order = [n for n, _ in model.named_parameters()]
+        by_name = {order[i]: s for i, s in record.get("state", {}).items() if isinstance(i, int) and i < len(order)}
+    names = {id(p): n for n, p in model.named_parameters()}
     own = optimizer.state_dict()
     ordered = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     missing = [n for n in ordered if n not in by_name]

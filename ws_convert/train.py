@@ -418,7 +418,7 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     if c.resume_optimizer and not latest:
         from .optimizer_state import load_into
 
-        load_into(optimizer, _names(model), Path(c.init_from) / OPTIMIZER_NAME)
+        load_into(optimizer, model, Path(c.init_from) / OPTIMIZER_NAME)
     net = model
     if c.fsdp:
         optimizer = sharding.shard(model, optimizer)
