@@ -147,10 +147,9 @@ class TensorPlan:
         """Elements per row along axis 0 (a 0-d tensor is one row of one)."""
         return math.prod(self.shape[1:])
 
-    @functools.cached_property
-    def row_bytes(self) -> int:
-        """Output bytes per row along axis 0 (cached: the engine asks per chunk)."""
-        return self.row_numel * ITEMSIZE[self.dtype]
+    def __post_init__(self) -> None:
+        # output bytes per row along axis 0: a plain attribute, as the engine asks per chunk
+        self.row_bytes = self.row_numel * ITEMSIZE[self.dtype]
 
     @property
     def noise_std(self) -> float:

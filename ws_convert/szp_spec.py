@@ -171,13 +171,17 @@ def _segment(seg: Sequence) -> tuple:
     return int(dst), int(src), int(length), f32(scale[0] if scale else 1.0)
 
 
-def knobs_key(shrink: float, perturb: float, init: Init) -> tuple[str, str, str]:
+def knobs_key(shrink: float, perturb: float, init: Init) -> tuple[bytes, ...]:
     """A cache key for the knobs that tells -0.0 from 0.0 (equal as floats,
-    but a zero's sign can reach the output's bytes)."""
-    return repr(shrink), repr(perturb), repr(init)
+    but a zero's sign can reach the output's bytes): their bits. Cheap, as
+    the engine asks once per chunk."""
+    if isinstance(init, Normal):
+        return _BITS(shrink, perturb, init.std), b"normal"
+    return _BITS(shrink, perturb, init.value), b"constant", b"" if init.on_source is None else _BIT(init.on_source)
 
 
-_KNOBS: dict[tuple[str, str, str], dict] = {}
+_BITS, _BIT = struct.Struct("<3d").pack, struct.Struct("<d").pack
+_KNOBS: dict[tuple[bytes, ...], dict] = {}
 
 
 def _knobs(shrink: float, perturb: float, init: Init) -> dict:
