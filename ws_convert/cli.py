@@ -273,8 +273,9 @@ def terminate_like_interrupt() -> Iterator[None]:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard, like 500MB or 5GB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--optimizer-state", type=click.Path(dir_okay=False),
-              help="Also grow this optimizer.pt of the trainer (AdamW moments, with the weights' maps), "
-                   "written beside the grown weights for train --resume-optimizer.")
+              help="Also grow this AdamW state (the trainer's optimizer.pt, or a PyTorch state_dict beside a "
+                   "Hugging Face model) with the weights' maps, written beside the grown weights for "
+                   "train --resume-optimizer.")
 @click.option("--dry-run", is_flag=True, help="Plan and check everything, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @fail_cleanly
