@@ -111,6 +111,9 @@ def test_the_trainer_resumes_a_grown_state(tmp_path):
     result = train(TrainConfig(**tiny, steps=2, init_from=str(grown.out), resume_optimizer=True,
                                out=str(tmp_path / "warm")))
     assert torch.isfinite(torch.tensor([r["loss"] for r in result["log"]])).all()
+    again = grow(tmp_path / "small" / "model.safetensors", 64, method="hyperclone", out=tmp_path / "big",
+                 optimizer_state=state, overwrite=True)  # an earlier output with its grown state is replaced
+    assert verify(again.out).ok
     (grown.out / "optimizer.pt").write_bytes(b"not a state")
     assert [(p.kind, p.file) for p in verify(grown.out).files] == [("differs", "optimizer.pt")]
 

@@ -256,21 +256,23 @@ MAX_OPEN = 16  # output shards open at once; the others are closed until written
 # What a directory holding ws_convert.json may hold for `overwrite` to replace it.
 _OUTPUT_FILE = re.compile("|".join([re.escape(SINGLE_NAME), r"model-[0-9]{5,}-of-[0-9]{5,}\.safetensors",
                                     *map(re.escape, (INDEX_NAME, PROVENANCE_NAME, CONFIG_NAME, BASE_SHAPES_NAME))]))
-SIDE_HASHES = ("source_hashes", "files")  # where ws_convert.json lists the source's files copied beside the weights
+# where ws_convert.json lists the files grow wrote beside the weights: the source's it copied, those it computed
+SIDE_HASHES, SIDE_LISTS = "source_hashes", ("files", "grown_files")
 COPY_BLOCK = 1 << 20
 
 
 def copied_names(out: Path) -> set[str]:
-    """The names of the source files an earlier output's ws_convert.json says
-    grow copied into it (none when it cannot be read): `overwrite` may
-    replace them with the rest of that output."""
+    """The names of the files an earlier output's ws_convert.json says grow
+    wrote beside the weights (source files it copied, an optimizer state it
+    grew; none when it cannot be read): `overwrite` may replace them with
+    the rest of that output."""
     try:
         rec = parse_json(read_file(out / PROVENANCE_NAME), out / PROVENANCE_NAME, "the record")
     except CheckpointError:
         return set()
-    for key in SIDE_HASHES:
-        rec = rec.get(key) if isinstance(rec, dict) else None
-    return set(rec) if isinstance(rec, dict) else set()
+    hashes = rec.get(SIDE_HASHES) if isinstance(rec, dict) else None
+    lists = [hashes.get(key) for key in SIDE_LISTS] if isinstance(hashes, dict) else []
+    return {name for names in lists if isinstance(names, dict) for name in names}
 
 
 def hash_file(fd: int, each: Callable[[bytes, int], None] | None = None) -> tuple[int, str]:
