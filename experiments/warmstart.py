@@ -178,7 +178,7 @@ def operators(a) -> str:
                     f"{spread([x['final_eval_loss'] for x in res])} |")
         logs.append(res[0]["log"])
     plot(logs, [*variants, "scratch, equal steps", "scratch, equal compute"], a.out / "operators.png",
-         title=f"Growth operators at 2x width ({base_w} -> {w}), seed {a.seeds[0]}")
+         title=f"Growth operators at 2x width ({base_w} -> {w}), seed {a.seeds[0]}", unit="nats per byte")
     return (f"| {base_w} -> {w}, {a.steps} steps | held-out before training | held-out at the end |\n"
             "|---|---|---|\n" + "\n".join(rows))
 
