@@ -148,6 +148,24 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[done:], offset + done
 
 
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _pwritev_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """Write `views` back to back into the file from `offset`: one system
+    call for many buffers (at most IOV_MAX at a time), resumed after a short
+    write."""
+    i = 0
+    while i < len(views):
+        done = os.pwritev(fd, views[i:i + IOV_MAX], offset)
+        offset += done
+        while i < len(views) and done >= views[i].nbytes:
+            done -= views[i].nbytes
+            i += 1
+        if done:
+            views[i] = views[i][done:]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -461,8 +479,9 @@ class CheckpointWriter:
     def write_chunks(self, data: memoryview, chunks: Sequence[tuple[str, int, int]]) -> None:
         """Write chunks that lie back to back in the raw bytes `data`, each
         (tensor name, first row, bytes), as `write` would one by one. Chunks
-        that lie back to back in a shard too go out in one write: a stream of
-        many small tensors costs a system call per slot, not per tensor."""
+        that lie back to back in a shard, in whatever order they come, go out
+        in one vectored write: a stream of many small tensors costs a few
+        system calls per slot, not one per tensor."""
         self._check_open()
         data = data.cast("B")
         runs: list[list] = []  # [shard file, file offset, start in data, end in data]
@@ -485,15 +504,24 @@ class CheckpointWriter:
                 for name in reversed(claimed):  # this call's spans are the last of each tensor
                     self._written[name].pop()
                 raise
+        runs.sort(key=lambda r: (r[0], r[1]))
+        groups: list[list] = []  # [shard file, file offset, views written back to back there, bytes]
+        for file, offset, begin, end in runs:
+            last = groups[-1] if groups else None
+            if last and last[0] == file and last[1] + last[3] == offset:
+                last[2].append(data[begin:end])
+                last[3] += end - begin
+            else:
+                groups.append([file, offset, [data[begin:end]], end - begin])
         try:
-            for file, offset, begin, end in runs:
+            for file, offset, views, size in groups:
                 with self._opened(file) as fd:
-                    _pwrite_all(fd, data[begin:end], offset)
+                    _pwritev_all(fd, views, offset)
                     if WRITEBACK_EARLY:
                         # Start writing this range to the device now, so the disk
                         # works while later chunks are computed instead of all at
                         # the final fsync (and clean output pages leave the page cache).
-                        os.posix_fadvise(fd, offset, end - begin, os.POSIX_FADV_DONTNEED)
+                        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             raise self._as_output_error(exc) from None
 
