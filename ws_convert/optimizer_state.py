@@ -69,6 +69,11 @@ def read_state(path: str | Path, config: dict | None = None) -> tuple[dict, dict
     describes, in its parameter order (as `AdamW(model.parameters())`)."""
     path = Path(path)
     record = _load(path)
+    return record, _by_name(record, path, config)
+
+
+def _by_name(record: dict, path: Path, config: dict | None) -> dict[str, dict]:
+    """{parameter name: its AdamW state} of a loaded optimizer state (see read_state)."""
     if isinstance(record.get("optimizer"), dict) and isinstance(record.get("param_names"), list):
         names, state = record["param_names"], record["optimizer"].get("state", {})
     elif {"state", "param_groups"} <= record.keys():
@@ -86,7 +91,7 @@ def read_state(path: str | Path, config: dict | None = None) -> tuple[dict, dict
     else:
         raise CheckpointError(path, "not an optimizer state: neither ws-convert's trainer's nor a PyTorch "
                                     "optimizer.state_dict()")
-    return record, {names[i]: s for i, s in state.items() if isinstance(i, int) and 0 <= i < len(names)}
+    return {names[i]: s for i, s in state.items() if isinstance(i, int) and 0 <= i < len(names)}
 
 
 def moment_maps(t: TensorPlan, readout_scale: float, power: int) -> tuple[tuple[Segment, ...], ...]:
@@ -162,19 +167,25 @@ def grow_state(plan: Plan, path: str | Path, config: dict | None = None) -> byte
     return buffer.getvalue()
 
 
+def parameter_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The names of `model`'s parameters in `optimizer`'s index order (that of
+    its state_dict), as the trainer records them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
 def load_into(optimizer: torch.optim.Optimizer, model: torch.nn.Module, path: str | Path) -> None:
     """Load a grown optimizer state into `optimizer` of `model` by parameter
     name (a PyTorch state_dict: in the model's parameter order), keeping the
     optimizer's own settings."""
     record = _load(Path(path))
     if "param_names" in record:
-        _, by_name = read_state(path)
+        by_name = _by_name(record, Path(path), None)
     else:
         order = [n for n, _ in model.named_parameters()]
         by_name = {order[i]: s for i, s in record.get("state", {}).items() if isinstance(i, int) and i < len(order)}
-    names = {id(p): n for n, p in model.named_parameters()}
     own = optimizer.state_dict()
-    ordered = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    ordered = parameter_names(optimizer, model)
     missing = [n for n in ordered if n not in by_name]
     if missing:
         raise PlanError(f"{path}: holds no optimizer state for '{missing[0]}' ({len(missing)} such)")
@@ -182,4 +193,4 @@ def load_into(optimizer: torch.optim.Optimizer, model: torch.nn.Module, path: st
     optimizer.load_state_dict(own)
 
 
-__all__ = ["OPTIMIZER_NAME", "grow_state", "load_into", "moment_maps", "read_state"]
+__all__ = ["OPTIMIZER_NAME", "grow_state", "load_into", "moment_maps", "parameter_names", "read_state"]

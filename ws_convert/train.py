@@ -45,6 +45,7 @@ from . import data as data_mod
 from . import hf_model, sharding
 from .errors import CheckpointError, OutputError, WsConvertError
 from .model import MODEL_TYPE, GPTConfig, build, config_json, load, save_weights
+from .optimizer_state import load_into, parameter_names
 from .reader import open_checkpoint, read_header
 from .writer import OPTIMIZER_NAME, _fsync_path, _pid_alive, _remove, _rename_noreplace, output_dir, overlap
 
@@ -386,11 +387,6 @@ def train(c: TrainConfig, progress=None) -> dict:
         return _train(c, progress, device, dist)
 
 
-def _names(model: torch.nn.Module) -> dict[int, str]:
-    """Parameter names by the identity of the parameter."""
-    return {id(p): n for n, p in model.named_parameters()}
-
-
 def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     from mup import MuAdamW
 
@@ -416,8 +412,6 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
     model.to(device)
     optimizer = MuAdamW(model.parameters(), lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
     if c.resume_optimizer and not latest:
-        from .optimizer_state import load_into
-
         load_into(optimizer, model, Path(c.init_from) / OPTIMIZER_NAME)
     net = model
     if c.fsdp:
@@ -445,8 +439,7 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
         if step > start:  # else the run was finished: only its publishing may be missing
             weights, opt_state = sharding.full_state(model, optimizer) if c.fsdp else (None, optimizer.state_dict())
             if dist.main:
-                names = _names(model)  # sharding replaces the parameters: look them up now
-                order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+                order = parameter_names(optimizer, model)  # after sharding replaced the parameters
                 latest = _write_checkpoint(out, model, {"optimizer": opt_state, "param_names": order, "step": step,
                                                         "train": asdict(c)}, source, weights)
         if dist.main:

@@ -484,7 +484,7 @@ class CheckpointWriter:
         system calls per slot, not one per tensor."""
         self._check_open()
         data = data.cast("B")
-        runs: list[list] = []  # [shard file, file offset, start in data, end in data]
+        runs: list[tuple[str, int, int, int]] = []  # (shard file, file offset, start in data, end in data)
         with self._lock:
             claimed: list[str] = []
             try:
@@ -492,11 +492,7 @@ class CheckpointWriter:
                 for name, row_start, size in chunks:
                     file, offset = self._claim(name, row_start, size)
                     claimed.append(name)
-                    last = runs[-1] if runs else None
-                    if last and last[0] == file and last[1] + last[3] - last[2] == offset:
-                        last[3] += size
-                    else:
-                        runs.append([file, offset, at, at + size])
+                    runs.append((file, offset, at, at + size))
                     at += size
                 if at != data.nbytes:
                     raise OutputError(f"{data.nbytes} bytes given for chunks of {at}")
@@ -504,19 +500,24 @@ class CheckpointWriter:
                 for name in reversed(claimed):  # this call's spans are the last of each tensor
                     self._written[name].pop()
                 raise
-        runs.sort(key=lambda r: (r[0], r[1]))
-        groups: list[list] = []  # [shard file, file offset, views written back to back there, bytes]
+        runs.sort()
+        # [shard file, file offset, spans of data written back to back there, bytes]
+        groups: list[list] = []
         for file, offset, begin, end in runs:
             last = groups[-1] if groups else None
-            if last and last[0] == file and last[1] + last[3] == offset:
-                last[2].append(data[begin:end])
-                last[3] += end - begin
+            if not (last and last[0] == file and last[1] + last[3] == offset):
+                groups.append([file, offset, [[begin, end]], end - begin])
+                continue
+            spans = last[2]
+            if spans[-1][1] == begin:  # next in the data too: one buffer
+                spans[-1][1] = end
             else:
-                groups.append([file, offset, [data[begin:end]], end - begin])
+                spans.append([begin, end])
+            last[3] += end - begin
         try:
-            for file, offset, views, size in groups:
+            for file, offset, spans, size in groups:
                 with self._opened(file) as fd:
-                    _pwritev_all(fd, views, offset)
+                    _pwritev_all(fd, [data[b:e] for b, e in spans], offset)
                     if WRITEBACK_EARLY:
                         # Start writing this range to the device now, so the disk
                         # works while later chunks are computed instead of all at
