@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ws_convert.data import batch, load
-from ws_convert.model import GPTConfig, build
+from ws_convert.model import GPTConfig, build, flops_per_token
 
 
 def matmul_peak() -> float:
@@ -82,12 +82,11 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     tokens = args.steps * args.batch_size * args.context
-    flops_per_token = 6 * n_params + 12 * args.depth * args.width * args.context
     result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if gpu else "cpu",
               "threads": torch.get_num_threads(), "params": n_params, "compile": args.compile,
               "config": {k: getattr(args, k) for k in ("width", "depth", "heads", "context", "batch_size")},
               "tokens_per_s": round(tokens / seconds, 1),
-              "model_tflops": round(tokens * flops_per_token / seconds / 1e12, 2)}
+              "model_tflops": round(tokens * flops_per_token(model.config) / seconds / 1e12, 2)}
     if gpu:
         peak = matmul_peak()
         result["matmul_peak_tflops"] = round(peak / 1e12, 1)

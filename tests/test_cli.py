@@ -2,6 +2,7 @@
 as they come; every option explains itself; sizes may be multiples of the
 source's; a refusal says what to give; bad usage exits with 2."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -12,42 +13,6 @@ from click.testing import CliRunner
 from ws_convert.cli import main
 
 
-def test_short_demo_runs_every_stage(tmp_path, monkeypatch):
-    import ws_convert.demo
-
-    drawn = []
-    real_plot = ws_convert.demo.plot
-    monkeypatch.setattr(ws_convert.demo, "plot", lambda *a, **kw: (drawn.append((a, kw)), real_plot(*a, **kw)))
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "20", "--eval-every", "5"])
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    stages = [next(i for i, line in enumerate(lines) if line.startswith(stage))
-              for stage in ("1/3 grow", "2/3 continue training", "3/3 train the same architecture from scratch",
-                            "held-out loss (nats per byte)")]
-    assert stages == sorted(stages) and "(losses in nats per byte)" in lines[stages[1]]
-    for run in (lines[stages[1] + 1:stages[2]], lines[stages[2] + 1:stages[3]]):  # printed while each run trains
-        assert run[0].startswith("  step 0/20: held-out ") and run[0].endswith(" (before training)")
-        steps = [re.match(r"  step (\d+)/20: loss \d\.\d{4}, held-out \d\.\d{4}$", line)[1] for line in run[1:]]
-        assert steps == ["1", "5", "10", "15", "20"]
-    (logs, labels, path), options = drawn[0]
-    assert path == out / "loss.png" and options["unit"] == "nats per byte"
-    assert labels == ["scratch (width 256)", "warm-start (SZP from width 128)"]
-    assert "128 grown to 256 with SZP vs. trained from scratch" in options["title"]
-    assert "steps to reach scratch's final loss" in result.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 20 and summary["width"] == 2 * summary["base_width"]
-    for key in ("scratch_final_eval_loss", "warm_final_eval_loss", "warm_steps_to_scratch_final"):
-        assert key in summary
-    assert [r["step"] for r in summary["eval"]] == [0, 1, 5, 10, 15, 20]  # 0: before the first update
-    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    for run in ("grown", "warm", "scratch"):
-        assert (out / run / "model.safetensors").is_file()
-    # the warm start begins far below a fresh model's ~ln(256) = 5.5: at step 0, the grown model itself
-    start = summary["eval"][0]
-    assert start["warm"] < start["scratch"] - 1.0 and start["scratch"] == pytest.approx(5.55, abs=0.05)
-
-
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """A base run of width 32 for demos that need not tell the story, only run it quickly."""
@@ -56,6 +21,64 @@ def tiny_base(tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "base"
     train(TrainConfig(width=32, depth=2, heads=2, steps=2, batch_size=4, context=16, eval_batches=1, out=str(out)))
     return out
+
+
+def test_short_demo_races_three_ways_at_equal_compute(tmp_path, monkeypatch, tiny_base):
+    """Grown, wide scratch given the base's compute too, and the base trained
+    on: each gets the same training FLOPs, prints its losses as it trains,
+    and the report compares the finals."""
+    import ws_convert.demo
+    from ws_convert.model import flops_per_token, read_config
+
+    drawn = []
+    real_plot = ws_convert.demo.plot
+    monkeypatch.setattr(ws_convert.demo, "plot", lambda *a, **kw: (drawn.append((a, kw)), real_plot(*a, **kw)))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "6", "--eval-every", "3",
+                                       "--base", str(tiny_base)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    lines = result.output.splitlines()
+    stages = [next(i for i, line in enumerate(lines) if line.startswith(stage))
+              for stage in ("1/4 grow", "2/4 continue training the grown model for 6 steps",
+                            "3/4 train width 64 from scratch with the same total compute (the base's 2 steps at "
+                            f"width 32 and these 6): {runs['scratch']['steps']} steps",
+                            f"4/4 continue the base at width 32 with the warm run's compute instead: "
+                            f"{runs['continued']['steps']} steps", "held-out loss (nats per byte) at equal compute")]
+    assert stages == sorted(stages) and "(losses in nats per byte)" in lines[stages[1]]
+    for (first, last), name in zip(zip(stages[1:], stages[2:]), ("warm", "scratch", "continued")):
+        n = runs[name]["steps"]
+        printed = lines[first + 1:last]  # while the run trains
+        assert printed[0].startswith(f"  step 0/{n}: held-out ") and printed[0].endswith(" (before training)")
+        steps = [int(re.match(rf"  step (\d+)/{n}: loss \d\.\d{{4}}, held-out \d\.\d{{4}}$", line)[1])
+                 for line in printed[1:]]
+        assert steps == sorted({1, *range(3, n + 1, 3), n})
+        assert [e[0] for e in runs[name]["eval"]] == [0, *steps]  # 0: before the first update
+    # equal compute, to a step's rounding: the base's steps count for the grown and the continued runs
+    base, grown = (read_config(p / "model.safetensors") for p in (tiny_base, out / "grown"))
+    per = summary["flops_per_step"]
+    assert per == {"base_width": 16 * 128 * flops_per_token(dataclasses.replace(base, context=128)),
+                   "width": 16 * 128 * flops_per_token(dataclasses.replace(grown, context=128))}
+    assert runs["warm"]["steps"] == 6 and runs["warm"]["flops"] == 2 * per["base_width"] + 6 * per["width"]
+    assert abs(runs["scratch"]["flops"] - runs["warm"]["flops"]) <= per["width"] / 2
+    assert abs(runs["continued"]["flops"] - runs["warm"]["flops"]) <= per["base_width"] / 2
+    assert runs["continued"]["steps"] > 2 * runs["warm"]["steps"]  # a 2x wider step costs more than 2 narrow ones
+    assert read_config(out / "continued" / "model.safetensors").width == 32
+    lead = {k: runs[k]["final_eval_loss"] - runs["warm"]["final_eval_loss"] for k in ("scratch", "continued")}
+    assert summary["warm_lead"] == lead
+    said = [f"{'leads' if d > 0 else 'trails'} {what} by {abs(d):.4f}"
+            for what, d in (("scratch", lead["scratch"]), ("the continued base", lead["continued"]))]
+    assert f"warm-start {said[0]} and {said[1]} (nats per byte, lower is better)" in result.output
+    (logs, labels, path), options = drawn[0]
+    assert path == out / "loss.png" and options["unit"] == "nats per byte"
+    assert labels == ["base (width 32)", "warm-start (SZP, width 32 -> 64)",
+                      "scratch at width 64, the same total compute", "the base continued at width 32, the same compute"]
+    assert options["compute"] == [(0.0, per["base_width"]), (2 * per["base_width"], per["width"]), (0.0, per["width"]),
+                                  (2 * per["base_width"], per["base_width"])]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    for run in ("grown", "warm", "scratch", "continued"):
+        assert (out / run / "model.safetensors").is_file()
 
 
 def test_demo_prints_each_held_out_loss_as_it_comes_into_a_pipe(tmp_path, tiny_base):
@@ -70,7 +93,7 @@ def test_demo_prints_each_held_out_loss_as_it_comes_into_a_pipe(tmp_path, tiny_b
         running = proc.poll() is None
         rest = proc.stdout.read()
     assert first.startswith("  step 0/2: held-out") and running
-    assert proc.returncode == 0 and "3/3 train the same architecture" in rest
+    assert proc.returncode == 0 and "4/4 continue the base" in rest
 
 
 def test_demo_replaces_an_earlier_one_only_when_asked(tmp_path, tiny_base):
@@ -82,12 +105,12 @@ def test_demo_replaces_an_earlier_one_only_when_asked(tmp_path, tiny_base):
     again = CliRunner().invoke(main, [*args, "--seed", "1"])
     assert again.exit_code == 2
     assert again.output.strip().splitlines() == [
-        f"ws-convert: error: {out}: holds an earlier demo (grown, warm, scratch, loss.png, summary.json); "
+        f"ws-convert: error: {out}: holds an earlier demo (grown, warm, scratch, continued, loss.png, summary.json); "
         "pass --overwrite to replace it, or choose another --out"]
     assert (out / "summary.json").read_bytes() == before
     replaced = CliRunner().invoke(main, [*args, "--seed", "1", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
-    assert json.loads((out / "summary.json").read_bytes())["eval"] != json.loads(before)["eval"]  # a new run
+    assert json.loads((out / "summary.json").read_bytes())["runs"] != json.loads(before)["runs"]  # a new run
     assert (out / "notes.txt").read_text() == "mine"
     inside = CliRunner().invoke(main, [*args[:-2], "--base", str(out / "warm"), "--overwrite"])
     assert inside.exit_code == 2 and "the base lies in the earlier demo" in inside.output

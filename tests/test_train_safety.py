@@ -149,11 +149,15 @@ def test_demo_refuses_a_base_that_is_not_a_base_run(tmp_path):
     torch.manual_seed(0)
     cls(config).save_pretrained(tmp_path / "llama")
     other = grow(tmp_path / "llama", 128, out=tmp_path / "llama-grown").out
+    unlogged = tmp_path / "unlogged"  # its training steps are part of every contender's compute
+    train(TrainConfig(**TINY, steps=2, out=str(unlogged)))
+    (unlogged / "log.jsonl").unlink()
     out = tmp_path / "demo"
-    for base in (empty, junk, other):
+    for base in (empty, junk, other, unlogged):
         code, lines = cli("demo", "--out", str(out), "--steps", "2", "--base", str(base))
         assert code == 2 and len(lines) == 1, (base, lines)
         assert lines[0].startswith(f"ws-convert: error: {base}: not a base run"), lines
+    assert "no log.jsonl" in lines[0]
     assert not out.exists()
 
 

@@ -405,7 +405,7 @@ class TrainingProgress:
     """The trainer's `progress(step, total, record)` for the terminal: every
     held-out loss printed as a line as it is evaluated (the one before the
     first update as step 0), and on a terminal a bar on stderr below them.
-    A run starting over at step 1 (the demo trains twice) gets a new bar."""
+    A run starting over at step 1 (the demo trains three times) gets a new bar."""
 
     def __init__(self, indent: str = "") -> None:
         self.indent, self.bar = indent, None
@@ -540,20 +540,21 @@ def inspect_cmd(src: str, as_json: bool, **kw) -> None:
 
 @main.command()
 @click.option("--out", default="ws-convert-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for the grown model, both runs, loss.png and summary.json.")
+              help="Directory for the grown model, the three runs, loss.png and summary.json.")
 @click.option("--steps", type=click.IntRange(2), default=200, show_default=True,
-              help="Training steps of each run (warm-start and scratch).")
+              help="Training steps of the warm start; scratch and the continued base get the same compute.")
 @click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base run directory (default: shipped).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
-              help="Seed of both runs' training batches (and of the scratch run's init).")
-@click.option("--device", default="auto", show_default=True, help="Where both runs train: auto, cpu or cuda.")
+              help="Seed of the runs' training batches (and of the scratch run's init).")
+@click.option("--device", default="auto", show_default=True, help="Where the runs train: auto, cpu or cuda.")
 @click.option("--eval-every", type=click.IntRange(1), default=20, show_default=True,
-              help="Steps between held-out evaluations of both runs.")
+              help="Steps between held-out evaluations of every run.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's results in --out.")
 @fail_cleanly
 def demo(out: str, steps: int, base: str | None, seed: int, device: str, eval_every: int, overwrite: bool) -> None:
-    """Grow the shipped small μP model 2x, keep training it, and race it
-    against the same model trained from scratch."""
+    """Grow the shipped small μP model 2x and keep training it; race it, at
+    equal compute, against the wide model from scratch and the small one
+    trained on."""
     from .demo import run, table
 
     progress = TrainingProgress(indent="  ")

@@ -1,14 +1,17 @@
 """`ws-convert demo`: the whole story on an embedded default, on any machine.
 
 Start from the small μP GPT shipped with the package (trained on the Python
-standard library's sources), grow it 2x in width with SZP, continue training,
-and train the same grown architecture from scratch with the same
-hyperparameters and steps. Report held-out loss at equal steps and how many
-steps each run needed to reach the scratch run's final loss.
+standard library's sources), grow it 2x in width with SZP and continue
+training. Then spend the same compute the two other ways a user could: the
+wide model from scratch given the base's training too, and the small model
+simply trained on. Report held-out loss at equal compute (training FLOPs,
+model.flops_per_token), the fair races; steps alone would flatter growth,
+since the base's training is free to the grown model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -17,33 +20,33 @@ from pathlib import Path
 
 from .engine import grow
 from .errors import CheckpointError, OutputError
-from .model import GPTConfig, read_config
+from .model import GPTConfig, flops_per_token, read_config
 from .train import TrainConfig, plot, train
 
 BASE = Path(__file__).parent / "assets" / "base-w128"
 # The command that made BASE (documented in README.md):
 BASE_COMMAND = ("ws-convert train --width 128 --depth 4 --heads 4 --steps 800 --batch-size 16 --context 128 "
                 "--lr 1e-2 --seed 0 --eval-every 100 --out base-w128")
+BATCH, CONTEXT = 16, 128  # every demo run's, and the shipped base's
 
 
-def steps_to_reach(log: list[dict], target: float) -> int | None:
-    """The first evaluated step (counted from 1) whose held-out loss is at most `target`."""
-    return next((r["step"] + 1 for r in log if "eval_loss" in r and r["eval_loss"] <= target), None)
-
-
-PRODUCTS = ("grown", "warm", "scratch", "loss.png", "summary.json")  # what a demo writes under --out
+PRODUCTS = ("grown", "warm", "scratch", "continued", "loss.png", "summary.json")  # what a demo writes under --out
 UNIT = "nats per byte"  # the demo's data are bytes, each a token
 
 
-def _base_config(base: Path) -> GPTConfig:
-    """The base run's model config; anything else is refused before a demo touches its --out."""
-    model = base / "model.safetensors"
-    if not model.is_file():
-        raise CheckpointError(base, "not a base run: no model.safetensors (make one with ws-convert train)")
+def _base(base: Path) -> tuple[GPTConfig, list[dict]]:
+    """The base run's model config and training log (whose steps are part of
+    the compute every contender gets); anything else is refused before a
+    demo touches its --out."""
+    model, log = base / "model.safetensors", base / "log.jsonl"
+    if not model.is_file() or not log.is_file():
+        raise CheckpointError(base, f"not a base run: no {'model.safetensors' if not model.is_file() else 'log.jsonl'} "
+                                    "(make one with ws-convert train)")
     try:
-        return read_config(model)
+        config = read_config(model)
     except CheckpointError as exc:
         raise CheckpointError(base, f"not a base run: {exc}") from None
+    return config, [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def _clear(out: Path, overwrite: bool, base: Path) -> None:
@@ -70,53 +73,68 @@ def run(out: str | Path = "ws-convert-demo", *, steps: int = 200, base: str | Pa
     """Run the demo; returns (and writes to out/summary.json) the summary.
     `say` gets each stage's line, `progress` the trainer's (train.train)."""
     out, base = Path(out), Path(base) if base else BASE
-    config = _base_config(base)
+    config, base_log = _base(base)
     _clear(out, overwrite, base)
     out.mkdir(parents=True, exist_ok=True)
     to_width = 2 * config.width
-    say(f"1/3 grow {base} (width {config.width}) to width {to_width} with SZP")
+    say(f"1/4 grow {base} (width {config.width}) to width {to_width} with SZP")
     grown = grow(base / "model.safetensors", to_width, out=out / "grown", device="cpu")
-    common = dict(steps=steps, batch_size=16, context=128, lr=lr, seed=seed, device=device,
-                  eval_every=eval_every, eval_batches=8)
-    say(f"2/3 continue training the grown model for {steps} steps (losses in {UNIT})")
-    warm = train(TrainConfig(**common, init_from=str(grown.out), out=str(out / "warm")), progress=progress)
-    g = json.loads((grown.out / "config.json").read_text())
-    say(f"3/3 train the same architecture from scratch for {steps} steps, same hyperparameters")
-    scratch = train(TrainConfig(**common, width=g["width"], depth=g["depth"], heads=g["heads"],
-                                base_width=g["base_width"], init_std=g["init_std"], out=str(out / "scratch")),
+    big = read_config(grown.out / "model.safetensors")
+    # training FLOPs of one step at each width
+    small_step, big_step = (BATCH * CONTEXT * flops_per_token(dataclasses.replace(c, context=CONTEXT))
+                            for c in (config, big))
+    base_flops, extra = len(base_log) * small_step, steps * big_step
+    scratch_steps, continued_steps = round((base_flops + extra) / big_step), round(extra / small_step)
+    common = dict(batch_size=BATCH, context=CONTEXT, lr=lr, seed=seed, device=device, eval_every=eval_every,
+                  eval_batches=8)
+    say(f"2/4 continue training the grown model for {steps} steps (losses in {UNIT})")
+    warm = train(TrainConfig(**common, steps=steps, init_from=str(grown.out), out=str(out / "warm")),
+                 progress=progress)
+    say(f"3/4 train width {to_width} from scratch with the same total compute (the base's {len(base_log)} steps "
+        f"at width {config.width} and these {steps}): {scratch_steps} steps, same hyperparameters")
+    scratch = train(TrainConfig(**common, steps=scratch_steps, width=big.width, depth=big.depth, heads=big.heads,
+                                base_width=big.base_width, init_std=big.init_std, out=str(out / "scratch")),
                     progress=progress)
-    labels = [f"scratch (width {to_width})", f"warm-start (SZP from width {config.width})"]
-    plot([scratch["log"], warm["log"]], labels, out / "loss.png", unit=UNIT,
-         title=f"Width {config.width} grown to {to_width} with SZP vs. trained from scratch, {steps} steps each")
-    target = scratch["final_eval_loss"]
+    say(f"4/4 continue the base at width {config.width} with the warm run's compute instead: "
+        f"{continued_steps} steps, same hyperparameters")
+    continued = train(TrainConfig(**common, steps=continued_steps, init_from=str(base), out=str(out / "continued")),
+                      progress=progress)
+    runs = {"warm": (f"warm-start (SZP, width {config.width} -> {to_width})", warm, base_flops, big_step),
+            "scratch": (f"scratch at width {to_width}, the same total compute", scratch, 0.0, big_step),
+            "continued": (f"the base continued at width {config.width}, the same compute", continued, base_flops,
+                          small_step)}
+    plot([base_log, *(r["log"] for _, r, _, _ in runs.values())],
+         [f"base (width {config.width})", *(label for label, _, _, _ in runs.values())], out / "loss.png",
+         unit=UNIT, compute=[(0.0, small_step), *((at, per) for _, _, at, per in runs.values())],
+         title=f"Width {config.width} -> {to_width} with SZP vs. the same compute spent otherwise")
     summary = {
-        "steps": steps,
-        "base": str(base), "base_width": config.width, "width": to_width,
-        "base_steps": len((base / "log.jsonl").read_bytes().splitlines()) if (base / "log.jsonl").is_file() else None,
-        "scratch_final_eval_loss": scratch["final_eval_loss"],
-        "warm_final_eval_loss": warm["final_eval_loss"],
-        "scratch_steps_to_scratch_final": steps_to_reach(scratch["log"], target),
-        "warm_steps_to_scratch_final": steps_to_reach(warm["log"], target),
-        # step 0: before either run's first update (the warm start's row is the grown model itself)
-        "eval": [{"step": 0, "scratch": scratch["log"][0]["eval_loss_start"],
-                  "warm": warm["log"][0]["eval_loss_start"]}]
-        + [{"step": a["step"] + 1, "scratch": a["eval_loss"], "warm": b["eval_loss"]}
-           for a, b in zip(scratch["log"], warm["log"]) if "eval_loss" in a and "eval_loss" in b],
+        "base": str(base), "base_width": config.width, "base_steps": len(base_log), "width": to_width,
+        "steps": steps, "flops_per_step": {"base_width": small_step, "width": big_step},
+        "runs": {name: {"label": label, "width": to_width if name != "continued" else config.width,
+                        "steps": len(r["log"]), "flops": at + len(r["log"]) * per,
+                        "eval_loss_start": r["log"][0]["eval_loss_start"], "final_eval_loss": r["final_eval_loss"],
+                        # (step, held-out loss); step 0 is the model before its first update
+                        "eval": [[0, r["log"][0]["eval_loss_start"]]]
+                        + [[e["step"] + 1, e["eval_loss"]] for e in r["log"] if "eval_loss" in e]}
+                 for name, (label, r, at, per) in runs.items()},
     }
+    summary["warm_lead"] = {other: summary["runs"][other]["final_eval_loss"] - warm["final_eval_loss"]
+                            for other in ("scratch", "continued")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def table(summary: dict) -> str:
-    """The demo's report as text."""
-    lines = [f"held-out loss ({UNIT}), width {summary['base_width']} -> {summary['width']}, "
-             f"{summary['steps']} steps each", f"{'step':>6}  {'scratch':>8}  {'warm-start':>10}"]
-    lines += [f"{r['step']:>6}  {r['scratch']:>8.4f}  {r['warm']:>10.4f}" for r in summary["eval"]]
-    warm_steps = summary["warm_steps_to_scratch_final"]
-    reach = (f"{warm_steps} step{'s' if warm_steps > 1 else ''} ({warm_steps / summary['steps']:.1%} of "
-             f"scratch's {summary['steps']})" if warm_steps else "not within the run")
-    lines.append(f"steps to reach scratch's final loss {summary['scratch_final_eval_loss']:.4f}: warm-start {reach}")
-    if summary.get("base_steps"):
-        lines.append(f"(the base model trained {summary['base_steps']} steps at width {summary['base_width']}, "
-                     f"about a quarter of the compute per step of width {summary['width']})")
+    """The demo's report as text: the three ways to spend the same compute."""
+    runs = summary["runs"]
+    w = max(len(r["label"]) for r in runs.values())
+    lines = [f"held-out loss ({UNIT}) at equal compute: the base's {summary['base_steps']} steps at width "
+             f"{summary['base_width']} + {summary['steps']} steps at width {summary['width']}",
+             f"  {'':<{w}}  {'steps':>5}  {'before':>6}  {'after':>6}"]
+    lines += [f"  {r['label']:<{w}}  {r['steps']:>5}  {r['eval_loss_start']:>6.4f}  {r['final_eval_loss']:>6.4f}"
+              for r in runs.values()]
+    parts = [f"{'leads' if d > 0 else 'trails'} {what} by {abs(d):.4f}"
+             for what, d in (("scratch", summary["warm_lead"]["scratch"]),
+                             ("the continued base", summary["warm_lead"]["continued"]))]
+    lines.append(f"warm-start {' and '.join(parts)} ({UNIT}, lower is better)")
     return "\n".join(lines)

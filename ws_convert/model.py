@@ -125,6 +125,15 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+def flops_per_token(c: GPTConfig) -> float:
+    """Training FLOPs per token: 6 x parameters (forward and backward of
+    every weight) plus the attention scores, 12 x depth x width x context.
+    What "equal compute" means wherever runs of different widths are compared."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in GPT(c).parameters())
+    return 6 * params + 12 * c.depth * c.width * c.context
+
+
 def base_shapes(c: GPTConfig) -> dict[str, list[int | None]]:
     """mup base shapes: the model's shapes at base_width, null where an axis
     does not grow with width (found by comparing with twice the base)."""

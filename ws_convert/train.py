@@ -487,38 +487,43 @@ def _train(c: TrainConfig, progress, device: torch.device, dist: _Dist) -> dict:
 
 
 def loss_figure(logs: list[list[dict]], labels: list[str], *, title: str | None = None,
-                unit: str = "nats per token") -> Figure:
+                unit: str = "nats per token", compute: list[tuple[float, float]] | None = None) -> Figure:
     """Loss curves of one or several runs, every line in the legend: the
     training batches' faint, the held-out bold. Steps count updates from 1; a
     held-out loss taken before the first update (a warm start's: the grown
-    model itself) is the held-out curve's first point, at step 0."""
+    model itself) is the held-out curve's first point, at step 0. With
+    `compute`, one (FLOPs before the run, FLOPs per step) per run, the x axis
+    is training compute instead, so runs of different widths line up fairly."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for log, label in zip(logs, labels):
-        line, = ax.plot([r["step"] + 1 for r in log], [r["loss"] for r in log], alpha=0.3,
+    for i, (log, label) in enumerate(zip(logs, labels)):
+        at, per = compute[i] if compute else (0.0, 1.0)
+        x = lambda step: at + step * per  # noqa: E731  (step: updates done)
+        line, = ax.plot([x(r["step"] + 1) for r in log], [r["loss"] for r in log], alpha=0.3,
                         label=f"{label}, training batches")
-        ev = [(0, log[0]["eval_loss_start"])] if log and "eval_loss_start" in log[0] else []
-        ev += [(r["step"] + 1, r["eval_loss"]) for r in log if "eval_loss" in r]
+        ev = [(x(0), log[0]["eval_loss_start"])] if log and "eval_loss_start" in log[0] else []
+        ev += [(x(r["step"] + 1), r["eval_loss"]) for r in log if "eval_loss" in r]
         if ev:
-            ax.plot(*zip(*ev), marker="o", color=line.get_color(), label=f"{label}, held-out")
+            ax.plot(*zip(*ev), marker="o", markersize=3 if compute else 6, color=line.get_color(),
+                    label=f"{label}, held-out")
     if title:
         ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel("training compute (FLOPs)" if compute else "step")
     ax.set_ylabel(f"loss ({unit})")
-    ax.legend()
+    ax.legend(fontsize=8 if compute else None)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
 def plot(logs: list[list[dict]], labels: list[str], path: str | Path, *, title: str | None = None,
-         unit: str = "nats per token") -> None:
+         unit: str = "nats per token", compute: list[tuple[float, float]] | None = None) -> None:
     """loss_figure, saved as a PNG."""
-    fig = loss_figure(logs, labels, title=title, unit=unit)
+    fig = loss_figure(logs, labels, title=title, unit=unit, compute=compute)
     import matplotlib.pyplot as plt  # after loss_figure chose the backend
 
     fig.savefig(path, dpi=120)
