@@ -22,12 +22,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("args"), py::arg("threads") = 0,
       "Run one SZP call on the CPU; `args` holds buffer addresses, shapes and knobs.");
   // A call validated now and run later, in a batch: the file-to-file engine
-  // prepares each chunk's call as it reads the chunk's source rows (so a bad
-  // call fails there) and runs a whole slot of them on another thread.
-  py::class_<ws::SZPCall>(m, "Call", "A validated SZP call (see `prepare` and `run`).");
-  m.def(
-      "prepare", [](const py::dict& kw) { return ws::make_call(ws::args_from(kw)); }, py::arg("args"),
-      "Validate one call's `args` (as `szp` takes them) into a Call; its buffers must stay valid until it runs.");
+  // makes each chunk's call from its tensor's Template as it reads the
+  // chunk's source rows (so a bad call fails there) and runs a whole slot of
+  // them on another thread.
+  py::class_<ws::SZPCall>(m, "Call", "A validated SZP call (see `Template.call` and `run`).");
+  py::class_<ws::SZPTemplate>(
+      m, "Template",
+      "What the calls of many chunks share (shapes, maps, dtypes, knobs), validated and tabulated once.")
+      .def(py::init([](const py::dict& kw, bool has_source) {
+             return ws::make_template(ws::args_from(kw), has_source);
+           }),
+           py::arg("args"), py::arg("has_source"),
+           "`args` as `szp` takes them, their buffers, rows and tid unused; `has_source`: its chunks read one.")
+      .def(
+          "call",
+          [](const ws::SZPTemplate& t, uintptr_t out_ptr, int64_t out_nbytes, int64_t row_start, int64_t row_stop,
+             uintptr_t src_ptr, int64_t src_nbytes, int64_t src_row_start, uint64_t tid) {
+            return ws::make_call(t, {out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid});
+          },
+          "call(out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid): one chunk's "
+          "validated Call, checked as `szp` checks the template's args with these fields.");
   m.def(
       "run",
       [](const py::list& calls, int threads) {
@@ -38,7 +52,7 @@ PYBIND11_MODULE(_C, m) {
         ws::szp_cpu(batch, threads);
       },
       py::arg("calls"), py::arg("threads") = 0,
-      "Run prepared Calls, their chunks shared out over `threads` threads (0: all); "
+      "Run Calls, their chunks shared out over `threads` threads (0: all); "
       "the same bytes as running each alone.");
   m.def("isa", &ws::szp_cpu_isa, "Instruction set the CPU kernel uses here.");
   m.def(

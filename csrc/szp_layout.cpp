@@ -30,14 +30,6 @@ std::string seg_text(const char* what, int64_t dst, int64_t src, int64_t len) {
          (what[0] == 'n' ? "at=" : "src=") + std::to_string(src) + ", len=" + std::to_string(len) + ")";
 }
 
-// Per axis and output index: source index (or -1) and scale, noise position and sign.
-struct AxisTable {
-  std::vector<int64_t> src;
-  std::vector<float> scale;
-  std::vector<int64_t> noise;
-  std::vector<float> sign;
-};
-
 AxisTable axis_table(const std::vector<Segment>& segs, const std::vector<NoiseSegment>& noise,
                      int64_t out_dim, int64_t src_dim, size_t axis) {
   const std::string where = "axis " + std::to_string(axis) + ": ";
@@ -96,10 +88,13 @@ std::vector<ColumnRun> column_runs(const AxisTable& t) {
 
 }  // namespace
 
-SZPCall make_call(const SZPArgs& a) {
+SZPTemplate make_template(SZPArgs args, bool has_src) {
+  SZPTemplate t;
+  t.args = std::move(args);
+  t.has_src = has_src;
+  const SZPArgs& a = t.args;
   check_shape(a.out_shape, "output");
   const size_t ndim = a.out_shape.size();
-  const bool has_src = a.src_ptr != 0;
   if (has_src) {
     check_shape(a.src_shape, "source");
     if (a.src_shape.size() != ndim)
@@ -115,19 +110,43 @@ SZPCall make_call(const SZPArgs& a) {
   if (!has_src)
     for (const auto& m : a.maps)
       if (!m.empty()) fail("segments given but no source tensor");
+  const std::vector<int64_t>& src_shape = has_src ? a.src_shape : a.out_shape;
+  static const std::vector<NoiseSegment> kOwnNoise;
+  t.tables.resize(ndim);
+  for (size_t k = 0; k < ndim; ++k) {
+    t.tables[k] = axis_table(a.maps[k], a.noise_maps.empty() ? kOwnNoise : a.noise_maps[k], a.out_shape[k],
+                             src_shape[k], k);
+    t.plain_noise = t.plain_noise && plain(t.tables[k]);
+  }
+  t.runs = column_runs(t.tables[ndim - 1]);
+  return t;
+}
 
+SZPCall make_call(const SZPArgs& a) {
+  return make_call(make_template(a, a.src_ptr != 0),
+                   {a.out_ptr, a.out_nbytes, a.row_start, a.row_stop, a.src_ptr, a.src_nbytes, a.src_row_start, a.tid});
+}
+
+SZPCall make_call(const SZPTemplate& t, const ChunkArgs& ch) {
+  const SZPArgs& a = t.args;
+  const std::vector<AxisTable>& tables = t.tables;
+  const size_t ndim = a.out_shape.size();
+  const bool has_src = t.has_src;
+  if (has_src != (ch.src_ptr != 0))
+    fail(has_src ? "source buffer is null" : "a source buffer given to a call planned without one");
+  const std::vector<int64_t>& src_shape = has_src ? a.src_shape : a.out_shape;
   const int64_t rows0 = a.out_shape[0];
-  if (a.row_start < 0 || a.row_stop < a.row_start || a.row_stop > rows0)
-    fail("row range [" + std::to_string(a.row_start) + ", " + std::to_string(a.row_stop) +
+  if (ch.row_start < 0 || ch.row_stop < ch.row_start || ch.row_stop > rows0)
+    fail("row range [" + std::to_string(ch.row_start) + ", " + std::to_string(ch.row_stop) +
          ") is outside the output's " + std::to_string(rows0) + " rows");
   const int64_t inner = product(a.out_shape, 1, ndim);
   SZPCall c;
-  c.out = reinterpret_cast<void*>(a.out_ptr);
-  c.src = reinterpret_cast<const void*>(a.src_ptr);
+  c.out = reinterpret_cast<void*>(ch.out_ptr);
+  c.src = reinterpret_cast<const void*>(ch.src_ptr);
   c.out_dtype = a.out_dtype;
   c.src_dtype = a.src_dtype;
-  c.begin = a.row_start * inner;
-  c.end = a.row_stop * inner;
+  c.begin = ch.row_start * inner;
+  c.end = ch.row_stop * inner;
   c.cols = a.out_shape[ndim - 1];
   c.shrink = a.shrink;
   c.noise_scale = a.noise_scale;
@@ -135,22 +154,14 @@ SZPCall make_call(const SZPArgs& a) {
   c.constant_src = a.constant_src;
   c.noise = a.noise;
   c.seed = a.seed;
-  c.tid = a.tid;
+  c.tid = ch.tid;
   const int64_t want = c.size() * dtype_size(a.out_dtype);
-  if (a.out_nbytes != want)
-    fail("output buffer has " + std::to_string(a.out_nbytes) + " bytes, the row range needs " +
+  if (ch.out_nbytes != want)
+    fail("output buffer has " + std::to_string(ch.out_nbytes) + " bytes, the row range needs " +
          std::to_string(want));
-  if (c.size() > 0 && a.out_ptr == 0) fail("output buffer is null");
-
-  std::vector<AxisTable> tables(ndim);
-  const std::vector<int64_t>& src_shape = has_src ? a.src_shape : a.out_shape;
-  static const std::vector<NoiseSegment> kOwnNoise;
-  for (size_t k = 0; k < ndim; ++k) {
-    tables[k] = axis_table(a.maps[k], a.noise_maps.empty() ? kOwnNoise : a.noise_maps[k], a.out_shape[k],
-                           src_shape[k], k);
-    c.plain_noise = c.plain_noise && plain(tables[k]);
-  }
-  c.runs = column_runs(tables[ndim - 1]);
+  if (c.size() > 0 && ch.out_ptr == 0) fail("output buffer is null");
+  c.plain_noise = t.plain_noise;
+  c.runs = t.runs;
   if (c.size() == 0) return c;
 
   // Source buffer: rows [src_row_start, src_row_start + held) of axis 0.
@@ -158,15 +169,15 @@ SZPCall make_call(const SZPArgs& a) {
   if (has_src) {
     const int64_t src_inner = product(src_shape, 1, ndim);
     const int64_t row_bytes = src_inner * dtype_size(a.src_dtype);
-    if (row_bytes == 0 || a.src_nbytes % row_bytes != 0)
-      fail("source buffer of " + std::to_string(a.src_nbytes) +
+    if (row_bytes == 0 || ch.src_nbytes % row_bytes != 0)
+      fail("source buffer of " + std::to_string(ch.src_nbytes) +
            " bytes is not a whole number of source rows");
-    const int64_t held_rows = a.src_nbytes / row_bytes;
-    if (a.src_row_start < 0 || a.src_row_start + held_rows > src_shape[0])
-      fail("source buffer rows [" + std::to_string(a.src_row_start) + ", " +
-           std::to_string(a.src_row_start + held_rows) + ") are outside the source's " +
+    const int64_t held_rows = ch.src_nbytes / row_bytes;
+    if (ch.src_row_start < 0 || ch.src_row_start + held_rows > src_shape[0])
+      fail("source buffer rows [" + std::to_string(ch.src_row_start) + ", " +
+           std::to_string(ch.src_row_start + held_rows) + ") are outside the source's " +
            std::to_string(src_shape[0]) + " rows");
-    base = a.src_row_start * src_inner;
+    base = ch.src_row_start * src_inner;
     held = held_rows * src_inner;
   }
 
@@ -221,7 +232,7 @@ SZPCall make_call(const SZPArgs& a) {
       for (int64_t off : c.row_src)
         if (off != kNoRow && (off + lo < 0 || off + hi > held))
           fail("the segments read source rows outside the source buffer (it holds rows from " +
-               std::to_string(a.src_row_start) + ")");
+               std::to_string(ch.src_row_start) + ")");
   }
   return c;
 }

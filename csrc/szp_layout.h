@@ -80,8 +80,42 @@ struct SZPCall {
   int64_t size() const { return end - begin; }
 };
 
-// Validates `args` (throws std::invalid_argument with a readable message)
-// and builds the tables.
+// Per axis and output index: source index (or -1) and scale, noise position and sign.
+struct AxisTable {
+  std::vector<int64_t> src;
+  std::vector<float> scale;
+  std::vector<int64_t> noise;
+  std::vector<float> sign;
+};
+
+// What the calls for the chunks of a tensor (and of every tensor with the
+// same shapes, maps, dtypes and knobs) share: validated and tabulated once,
+// so that a checkpoint of tens of thousands of small tensors pays for its
+// maps once per kind of tensor, not once per tensor. `args`' per-chunk
+// fields (buffers, rows, tid) are unused; `has_src`: its chunks read a source.
+struct SZPTemplate {
+  SZPArgs args;
+  bool has_src = false;
+  std::vector<AxisTable> tables;
+  std::vector<ColumnRun> runs;
+  bool plain_noise = true;
+};
+
+// The fields of a call that differ from chunk to chunk.
+struct ChunkArgs {
+  uintptr_t out_ptr = 0;
+  int64_t out_nbytes = 0;
+  int64_t row_start = 0, row_stop = 0;
+  uintptr_t src_ptr = 0;  // must be set exactly when the template has a source
+  int64_t src_nbytes = 0;
+  int64_t src_row_start = 0;
+  uint64_t tid = 0;
+};
+
+// Validate (throwing std::invalid_argument with a readable message) and
+// build the tables: a template, one chunk's call from it, or both at once.
+SZPTemplate make_template(SZPArgs args, bool has_src);
+SZPCall make_call(const SZPTemplate& t, const ChunkArgs& chunk);
 SZPCall make_call(const SZPArgs& args);
 
 int64_t dtype_size(DType d);

@@ -192,9 +192,10 @@ def test_zero_dim_and_empty_tensors():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_a_batch_of_calls_matches_each_alone(threads):
-    """`run` shares the chunks of many prepared calls (tiny, odd and
-    multi-chunk ones, pure inits among them) over threads: the bytes of each
-    call are those of the reference."""
+    """`run` shares the chunks of many calls (tiny, odd and multi-chunk ones,
+    pure inits among them) over threads, each call made from a Template
+    shared by the chunks of its tensor: the bytes of each tensor are those
+    of the reference."""
     from ws_convert.op import _buffer
     from ws_convert.szp_spec import kernel_args
 
@@ -207,12 +208,16 @@ def test_a_batch_of_calls_matches_each_alone(threads):
         init = Normal(0.02) if i % 3 else Constant(1.0, on_source=0.0)
         out = torch.empty(out_shape, dtype=rng.choice(DTYPES))
         kw = dict(shrink=0.5, perturb=1.0, init=init, seed=7, tid=tensor_id(f"t{i}"))
-        rows = (0, out_shape[0]) if out_shape else (0, 1)
-        args = kernel_args(_buffer(out), out_shape or (1,), rows, None if src is None else _buffer(src),
+        rows = out_shape[0] if out_shape else 1
+        args = kernel_args(_buffer(out), out_shape or (1,), (0, rows), None if src is None else _buffer(src),
                            None if src is None else (src.shape or (1,)), 0,
                            maps if out_shape else [[Segment(0, 0, 1)] if src is not None else []], **kw)
+        template = _ext.cpu.Template(args, args["src_ptr"] != 0)
+        row_bytes = out.element_size() * out.numel() // rows if rows else 0
+        for r0, r1 in ((0, rows // 2), (rows // 2, rows)):  # two chunks of one template
+            calls.append(template.call(args["out_ptr"] + r0 * row_bytes, (r1 - r0) * row_bytes, r0, r1,
+                                       args["src_ptr"], args["src_nbytes"], 0, kw["tid"]))
         cases.append((src, out_shape, maps, out, kw))
-        calls.append(_ext.cpu.prepare(args))
     _ext.cpu.run(calls, threads)
     for src, out_shape, maps, out, kw in cases:
         want = szp(src, out_shape, maps, out_dtype=out.dtype, backend="reference", **kw)

@@ -368,27 +368,20 @@ class _KernelBatch:
 
 
 class _KernelStream(_Stream):
-    """A stream that calls a compiled kernel on raw addresses with the
-    keyword record of `kernel_args`, built once per kind of tensor."""
+    """A stream that calls a compiled kernel on raw addresses, from a
+    template of its arguments built once per kind of tensor."""
 
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int):
         super().__init__(sink, ckpt, chunk_bytes)
-        self.templates: dict[tuple, dict] = {}
+        self.templates: dict[tuple, object] = {}
 
-    def call(self, t: TensorPlan, seed: int, out_ptr: int, r0: int, r1: int, src_ptr: int, src_nbytes: int,
-             s0: int) -> dict:
-        """The kernel's arguments for output rows [r0, r1) of `t` at `out_ptr`,
-        from `src_nbytes` bytes of source rows from s0 at `src_ptr`."""
-        return dict(self.template(t, seed, src_nbytes > 0), out_ptr=out_ptr, out_nbytes=(r1 - r0) * t.row_bytes,
-                    row_start=r0, row_stop=r1, src_ptr=src_ptr if src_nbytes else 0, src_nbytes=src_nbytes,
-                    src_row_start=s0, tid=tensor_id(t.noise_name))
-
-    def template(self, t: TensorPlan, seed: int, lands: bool) -> dict:
-        """`kernel_args` of a chunk of `t` but for the fields `call` fills in
-        per chunk (where, which rows, which tensor). Shared by every tensor of
-        the same shapes, dtypes, maps and knobs: a checkpoint of many small
-        tensors has few distinct ones. `lands`: the chunk reads source bytes
-        (for none, the kernel takes no source and no maps)."""
+    def template(self, t: TensorPlan, seed: int, lands: bool):
+        """The arguments of every chunk of `t` but where it lies, which rows
+        and which tensor, as `prepare` makes them from the keyword record of
+        `kernel_args`. Shared by every tensor of the same shapes, dtypes,
+        maps and knobs: a checkpoint of many small tensors has few distinct
+        ones. `lands`: the chunk reads source bytes (for none, the kernel
+        takes no source and no maps)."""
         src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
         key = (t.shape, t.src_shape, t.maps, t.noise_maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype,
                src_dtype, seed, lands)
@@ -398,9 +391,13 @@ class _KernelStream(_Stream):
             out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
             src = None if src_dtype is None else \
                 Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
-            args = self.templates[key] = kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink,
-                                                     perturb=t.perturb, init=t.init, seed=seed, tid=0,
-                                                     noise_maps=t.noise_maps if t.shape else None)
+            args = self.templates[key] = self.prepare(
+                kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink, perturb=t.perturb,
+                            init=t.init, seed=seed, tid=0, noise_maps=t.noise_maps if t.shape else None), lands)
+        return args
+
+    def prepare(self, args: dict, lands: bool):
+        """What `template` keeps of a keyword record: here the record itself."""
         return args
 
     def source_nbytes(self, t: TensorPlan, s0: int, s1: int) -> int:
@@ -431,6 +428,9 @@ class _CpuStream(_KernelStream):
     def slot_bytes(self, k: int) -> memoryview:
         return memoryview(self.slots[k])
 
+    def prepare(self, args: dict, lands: bool):
+        return _ext.cpu.Template(args, lands)
+
     def start(self, k: int) -> None:
         self.batches[k] = _KernelBatch(self.arenas[k])
 
@@ -441,9 +441,9 @@ class _CpuStream(_KernelStream):
         batch = self.batches[k]
         view = None if t.source is None else self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
         src_nbytes = 0 if view is None else view.nbytes
-        args = self.call(t, seed, self.addresses[k] + offset, r0, r1, address(view) if src_nbytes else 0,
-                         src_nbytes, s0)
-        batch.calls.append(_ext.cpu.prepare(args))
+        batch.calls.append(self.template(t, seed, src_nbytes > 0).call(
+            self.addresses[k] + offset, (r1 - r0) * t.row_bytes, r0, r1, address(view) if src_nbytes else 0,
+            src_nbytes, s0, tensor_id(t.noise_name)))
 
     def flush(self) -> None:
         if self.chunks:
@@ -538,6 +538,14 @@ class _CudaStream(_KernelStream):
 
     def copy(self, k, offset, t, r0, r1):
         self.staged[k].append(self.stager.submit(super().copy, k, offset, t, r0, r1))
+
+    def call(self, t: TensorPlan, seed: int, out_ptr: int, r0: int, r1: int, src_ptr: int, src_nbytes: int,
+             s0: int) -> dict:
+        """The kernel's arguments for output rows [r0, r1) of `t` at `out_ptr`,
+        from `src_nbytes` bytes of source rows from s0 at `src_ptr`."""
+        return dict(self.template(t, seed, src_nbytes > 0), out_ptr=out_ptr, out_nbytes=(r1 - r0) * t.row_bytes,
+                    row_start=r0, row_stop=r1, src_ptr=src_ptr if src_nbytes else 0, src_nbytes=src_nbytes,
+                    src_row_start=s0, tid=tensor_id(t.noise_name))
 
     def _stage(self, k: int, offset: int, dev_at: int, src_at: int, t: TensorPlan, seed: int, r0: int, r1: int,
                s0: int, s1: int) -> None:
