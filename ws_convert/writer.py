@@ -344,6 +344,7 @@ class CheckpointWriter:
         self._order = [t.name for t in tensors]
         self._where = {t.name: (s, t) for s in self.shards for t in s.tensors}
         self._written: dict[str, list[tuple[int, int]]] = {name: [] for name in self._where}
+        self._unwritten = self.total_size  # bytes not yet claimed: 0 means every tensor is whole
         self._lock = threading.Lock()
         self._open: OrderedDict[str, list[int]] = OrderedDict()  # shard file -> [fd, writes using it], LRU first
         self._unsynced: set[str] = set()  # shard files written since their last fsync
@@ -448,7 +449,9 @@ class CheckpointWriter:
     def written_elsewhere(self, names: Iterable[str]) -> None:
         """Count tensors as written in full: other processes of the run wrote them (and said so)."""
         for name in names:
-            self._written[name] = [(0, self._planned(name)[1].nbytes)]
+            nbytes = self._planned(name)[1].nbytes
+            self._unwritten -= nbytes - sum(e - b for b, e in self._written[name])
+            self._written[name] = [(0, nbytes)]
 
     def _check_space(self) -> None:
         """Fail before writing anything when the output cannot fit. (Space is
@@ -498,7 +501,8 @@ class CheckpointWriter:
                     raise OutputError(f"{data.nbytes} bytes given for chunks of {at}")
             except BaseException:
                 for name in reversed(claimed):  # this call's spans are the last of each tensor
-                    self._written[name].pop()
+                    b, e = self._written[name].pop()
+                    self._unwritten += e - b
                 raise
         runs.sort()
         # [shard file, file offset, spans of data written back to back there, bytes]
@@ -555,6 +559,7 @@ class CheckpointWriter:
         if any(b < end and begin < e for b, e in spans):
             raise OutputError(f"tensor '{name}': bytes [{begin}, {end}) written twice")
         spans.append((begin, end))
+        self._unwritten -= size
         return shard.file, shard.offsets[name] + begin
 
     @contextmanager
@@ -597,6 +602,8 @@ class CheckpointWriter:
 
     def missing(self) -> list[str]:
         """Tensors not yet written in full."""
+        if not self._unwritten:
+            return []
         return [name for name, (_, t) in self._where.items()
                 if sum(e - b for b, e in self._written[name]) != t.nbytes]
 
