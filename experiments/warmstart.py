@@ -168,12 +168,14 @@ def budget_plot(points: dict, a) -> None:
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xticks(list(a.budgets), [str(b) for b in a.budgets])
+    ax.minorticks_off()
     ax.set_xlabel("base trained to (tokens per parameter)")
     ax.set_ylabel("held-out lead of the grown model (nats per byte)")
-    ax.set_title(f"Same extra compute, three ways ({a.tag}, width {SMALL.width}, {len(a.seeds)} seeds)")
+    ax.set_title(f"{a.tag}: width {SMALL.width}, then the compute of {a.steps} steps at width {2 * SMALL.width} "
+                 f"({len(a.seeds)} seeds)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    save(fig, a.out / f"budget-{a.tag}.png")
+    save(fig, a.out / f"{a.name}.png")
 
 
 def lr_sweep(a) -> str:
@@ -203,7 +205,7 @@ def lr_sweep(a) -> str:
         ax.set_title(f"{n} steps, {len(a.seeds)} seeds")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    save(fig, a.out / f"lr_sweep-{a.tag}.png")
+    save(fig, a.out / f"{a.name}.png")
     head = ("| width, start | steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best |\n|---|---|"
             + "---|" * (len(lrs) + 1))
     rows = []
@@ -227,7 +229,7 @@ def ablate(a) -> str:
         first = [next(r["eval_loss"] for r in x["log"] if "eval_loss" in r) for x in res]
         rows.append(f"| {label} | {spread(first)} | {spread(finals(res))} |")
         logs.append(res[0]["log"])
-    plot(logs, list(variants), a.out / "ablate.png")
+    plot(logs, list(variants), a.out / f"{a.name}.png")
     return ("| variant (2x width) | held-out at step 1 | held-out at the end |\n|---|---|---|\n" + "\n".join(rows))
 
 
@@ -278,7 +280,7 @@ def operators(a) -> str:
         rows.append(f"| {label} | {spread([x['log'][0]['eval_loss_start'] for x in res])} | {spread(finals(res))} |")
         logs.append(res[0]["log"])
     plot(logs, [*variants, "scratch, equal steps", "scratch, equal compute", "base continued, equal compute"],
-         a.out / "operators.png", unit="nats per byte",
+         a.out / f"{a.name}.png", unit="nats per byte",
          title=f"Growth operators at 2x width ({small.width} -> {big.width}), seed {a.seeds[0]}")
     return (f"| {small.width} -> {big.width}, {a.steps} steps | held-out before training | held-out at the end |\n"
             "|---|---|---|\n" + "\n".join(rows))
@@ -304,11 +306,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("experiments-work"))
     a = ap.parse_args()
     a.tag = Path(a.data).name if a.data else "stdlib"
+    a.name = {"budget": f"budget-{a.tag}-{a.steps}steps", "lr-sweep": f"lr-sweep-{a.tag}"}.get(a.experiment,
+                                                                                                a.experiment)
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)
     table = {"budget": budget, "lr-sweep": lr_sweep, "ablate": ablate, "operators": operators}[a.experiment](a)
-    name = a.experiment if a.experiment in ("ablate", "operators") else f"{a.experiment}-{a.tag}"
-    (a.out / f"{name}.md").write_text(table + "\n")
+    (a.out / f"{a.name}.md").write_text(table + "\n")
     print(table)
 
 

@@ -905,6 +905,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
 
     tensors, base_shapes = [], {}
     layouts: dict[tuple, tuple] = {}
+    bases: dict[tuple, tuple[int | None, ...]] = {}
     readout, embedding = (n.format(p=prefix) for n in arch.tied) if arch.tied else (None, None)
     for p, name, src_name in wanted:
         # a new layer's tensor has the shape of layer 0's (source_sizes checked it); a created one, its
@@ -934,8 +935,10 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             maps = tuple(() for _ in p.axes)
         base = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
         if base is None:
-            base = [src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
-                    for k, a in enumerate(p.axes)]
+            if key not in bases:  # scaled from the source's shape: the same for every tensor of a layout
+                bases[key] = tuple(src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
+                                   for k, a in enumerate(p.axes))
+            base = bases[key]
         base_shapes[name] = list(base)
         fan_in = shape[p.fan_in] if p.fan_in is not None else None
         init = init_for(p.role, fan_in, base[p.fan_in] if p.fan_in is not None else None, options)
