@@ -179,6 +179,36 @@ def test_the_figure_says_what_it_compares_in_one_unit_with_every_line_named():
     plt.close(fig)
 
 
+def test_a_figure_against_compute_places_each_run_after_what_it_started_from():
+    """With `compute`, x is FLOPs: a continued run starts where its base's
+    compute ended, and each step adds that run's FLOPs per step."""
+    import matplotlib.pyplot as plt
+
+    from ws_convert.train import loss_figure
+
+    base = [{"step": s, "loss": 4.0 - s / 10, "eval_loss": 4.0 - s / 10} for s in range(4)]
+    warm = [{"step": s, "loss": 3.0 - s / 10, "eval_loss": 3.0 - s / 10} for s in range(2)]
+    warm[0]["eval_loss_start"] = 3.5
+    fig = loss_figure([base, warm], ["base", "warm"], compute=[(0.0, 10.0), (40.0, 30.0)])
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert ax.get_xlabel() == "training compute (FLOPs)"
+    assert list(lines["base, held-out"].get_xdata()) == [10.0, 20.0, 30.0, 40.0]
+    assert list(lines["warm, held-out"].get_xdata()) == [40.0, 70.0, 100.0]  # before training: at the base's end
+    assert list(lines["warm, training batches"].get_xdata()) == [70.0, 100.0]
+    plt.close(fig)
+
+
+def test_compute_is_six_flops_per_parameter_and_token_plus_attention():
+    from ws_convert.model import flops_per_token
+
+    c = GPTConfig(vocab_size=256, context=128, width=64, depth=2, heads=2)
+    block = 4 * 64 * 64 + 2 * 64 * 256 + 2 * 64  # attention, MLP, two norm gains
+    params = 256 * 64 + 2 * block + 64 + 64 * 256  # embedding, blocks, final norm, readout
+    assert sum(p.numel() for p in build(c, init=False).parameters()) == params
+    assert flops_per_token(c) == 6 * params + 12 * 2 * 64 * 128
+
+
 def test_the_command_line_trainer_prints_held_out_losses_as_they_come_on_a_terminal(tmp_path, monkeypatch):
     import re
 
