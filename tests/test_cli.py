@@ -235,6 +235,31 @@ def test_warnings_come_before_the_progress_and_the_output_is_named_as_given(llam
         assert res.stdout.startswith(f"wrote {shown}: "), (args, res.stdout)
 
 
+def test_grow_reads_the_headers_and_plans_once_unless_a_multiple_needs_the_source_first(llama, tmp_path,
+                                                                                          monkeypatch):
+    """A checkpoint of tens of thousands of tensors takes a while to read and
+    plan: `grow` does each once (a `2x` reads the headers once more, to size it)."""
+    import importlib
+
+    engine, plan, reader = (importlib.import_module(f"ws_convert.{m}") for m in ("engine", "plan", "reader"))
+    counts = {"plan": 0, "open": 0}
+
+    def counted(what, fn):
+        def call(*args, **kwargs):
+            counts[what] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    for module, name, what in ((engine, "make_plan", "plan"), (plan, "make_plan", "plan"),
+                               (engine, "open_checkpoint", "open"), (reader, "open_checkpoint", "open")):
+        monkeypatch.setattr(module, name, counted(what, getattr(module, name)))
+    for size, opened in (("128", 1), ("2x", 2)):
+        counts.update(plan=0, open=0)
+        res = invoke("grow", llama, "--to-width", size, "-o", tmp_path / size)
+        assert res.exit_code == 0, res.output
+        assert counts == {"plan": 1, "open": opened}, (size, counts)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_dtype_is_named_in_the_grown_config(llama, mha, tmp_path, dtype):
     import torch

@@ -169,18 +169,29 @@ def resolved(source: Source, options: dict) -> dict:
     return out
 
 
-def growth_plan(src: str, kw: dict, base_shapes: str | None, allow_pickle: bool,
-                revision: str | None) -> tuple[Plan, dict]:
-    """The plan of the growth click's parameters ask for, and the options
-    (GrowthOptions' fields) it was made of, a multiple (`2x`) resolved against the source."""
+def _source(src: str, allow_pickle: bool, revision: str | None) -> Source:
     from .hub import resolve
-    from .plan import make_plan
     from .reader import open_checkpoint
 
     with open_checkpoint(resolve(src, revision).path, allow_pickle=allow_pickle) as ckpt:
-        source = Source.of(ckpt)
-    options = resolved(source, growth_kwargs(kw))
-    return make_plan(source, GrowthOptions(**options), base_shapes), options
+        return Source.of(ckpt)
+
+
+def chosen_options(src: str, kw: dict, allow_pickle: bool, revision: str | None) -> dict:
+    """GrowthOptions' fields from click's parameters, a multiple (`2x`)
+    resolved against the source, which is read for that only."""
+    options = growth_kwargs(kw)
+    if not any(isinstance(v, Multiple) for v in options.values()):
+        return options
+    return resolved(_source(src, allow_pickle, revision), options)
+
+
+def growth_plan(src: str, kw: dict, base_shapes: str | None, allow_pickle: bool, revision: str | None) -> Plan:
+    """The plan of the growth click's parameters ask for."""
+    from .plan import make_plan
+
+    source = _source(src, allow_pickle, revision)
+    return make_plan(source, GrowthOptions(**resolved(source, growth_kwargs(kw))), base_shapes)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -291,8 +302,7 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, the first process speaks for all
-    # planned here too, so that its warnings come before the work, and sizes like 2x are resolved once
-    planned, options = growth_plan(src, kw, base_shapes, allow_pickle, revision)
+    options = chosen_options(src, kw, allow_pickle, revision)
 
     def shown_out(written: Path) -> str:
         """The output as the user named it: -o as given, the default as a path like SRC's."""
@@ -309,8 +319,10 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
             click.echo(f"dry run: target {printable(shown_out(report.out))} checked; would write "
                        f"{human(report.plan.bytes_after)}B there")
         return
-    for w in planned.warnings:
-        click.echo(f"warning: {w}", err=True)
+    def warn(plan: Plan) -> None:  # before the work starts
+        for w in plan.warnings:
+            click.echo(f"warning: {w}", err=True)
+
     bar = None
     started = time.perf_counter()
     state = {"done": 0, "tensor": 0, "tensors": 0}
@@ -334,7 +346,8 @@ def grow(src: str, out: str | None, base_shapes: str | None, allow_pickle: bool,
         with terminate_like_interrupt():
             report = run_grow(src, out=out, overwrite=overwrite, device=device, threads=threads,
                               max_shard_size=max_shard_size, base_shapes=base_shapes, allow_pickle=allow_pickle,
-                              revision=revision, progress=progress, optimizer_state=optimizer_state, **options)
+                              revision=revision, progress=progress, optimizer_state=optimizer_state, on_plan=warn,
+                              **options)
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         click.echo(f"\nws-convert: {how}; nothing was written at the output", err=True)
@@ -509,7 +522,7 @@ def train(compile_: bool, **kw) -> None:
 def plan_cmd(src: str, as_json: bool, base_shapes: str | None, allow_pickle: bool, revision: str | None,
              **kw) -> None:
     """Show the per-tensor plan for growing SRC; nothing is written."""
-    p, _ = growth_plan(src, kw, base_shapes, allow_pickle, revision)
+    p = growth_plan(src, kw, base_shapes, allow_pickle, revision)
     click.echo(json.dumps(p.to_json(), indent=1) if as_json else plan_table(p))
 
 

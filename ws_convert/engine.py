@@ -667,14 +667,16 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
          base_shapes: str | Path | None = None, allow_pickle: bool = False,
          chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Callable[[int, int, int, int], None] | None = None,
          dry_run: bool = False, revision: str | None = None, optimizer_state: str | Path | None = None,
-         **options) -> GrowReport:
+         on_plan: Callable[[Plan], None] | None = None, **options) -> GrowReport:
     """Grow the checkpoint at `src` (a path, or a Hugging Face Hub repo id at
     `revision`) into a new directory (default: beside it, named after it and
     the width, or the depth when only that grows; for a repo id, in the
     current directory, named after the repo).
     `options` are GrowthOptions' fields.
     `progress(nbytes, total_bytes, tensor_index, n_tensors)` is called as
-    output bytes are computed. `optimizer_state` (an optimizer.pt of the
+    output bytes are computed, `on_plan(plan)` once it is planned, before
+    anything is written (the command line prints its warnings there).
+    `optimizer_state` (an optimizer.pt of the
     trainer) is grown with the weights' maps and written beside them. A dry
     run plans and checks everything a real run would, the target included,
     and writes nothing."""
@@ -687,6 +689,8 @@ def grow(src: str | Path, to_width: int | None = None, *, out: str | Path | None
     with open_checkpoint(src, allow_pickle=allow_pickle) as ckpt:
         opts = GrowthOptions(to_width=to_width, **options)
         plan = make_plan(Source.of(ckpt), opts, base_shapes)
+        if on_plan is not None:
+            on_plan(plan)
         protect = [*ckpt.files, Path(src)]
         prov = record(ckpt, plan.options, plan.arch, str(base_shapes) if base_shapes else None, allow_pickle, out,
                       parse_size(max_shard_size))
