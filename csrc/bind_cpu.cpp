@@ -10,6 +10,12 @@
 
 namespace py = pybind11;
 
+namespace {
+struct CallBatch {
+  std::vector<ws::SZPCall> calls;
+};
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "SZP warm-start operator, CPU path";
   m.def(
@@ -21,11 +27,11 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("args"), py::arg("threads") = 0,
       "Run one SZP call on the CPU; `args` holds buffer addresses, shapes and knobs.");
-  // A call validated now and run later, in a batch: the file-to-file engine
-  // makes each chunk's call from its tensor's Template as it reads the
-  // chunk's source rows (so a bad call fails there) and runs a whole slot of
-  // them on another thread.
-  py::class_<ws::SZPCall>(m, "Call", "A validated SZP call (see `Template.call` and `run`).");
+  // Calls validated now and run later, together: the file-to-file engine
+  // adds each chunk's call (from its tensor's Template) as it reads the
+  // chunk's source rows, so a bad call fails there, and runs a whole slot's
+  // batch on another thread. The calls stay in C++: a checkpoint of tens of
+  // thousands of small tensors makes no Python object per call.
   py::class_<ws::SZPTemplate>(
       m, "Template",
       "What the calls of many chunks share (shapes, maps, dtypes, knobs), validated and tabulated once.")
@@ -33,26 +39,30 @@ PYBIND11_MODULE(_C, m) {
              return ws::make_template(ws::args_from(kw), has_source);
            }),
            py::arg("args"), py::arg("has_source"),
-           "`args` as `szp` takes them, their buffers, rows and tid unused; `has_source`: its chunks read one.")
+           "`args` as `szp` takes them, their buffers, rows and tid unused; `has_source`: its chunks read one.");
+  py::class_<CallBatch>(m, "Batch", "Validated calls, run together by `run`; their buffers must outlive it.")
+      .def(py::init<>())
       .def(
-          "call",
-          [](const ws::SZPTemplate& t, uintptr_t out_ptr, int64_t out_nbytes, int64_t row_start, int64_t row_stop,
-             uintptr_t src_ptr, int64_t src_nbytes, int64_t src_row_start, uint64_t tid) {
-            return ws::make_call(t, {out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid});
+          "add",
+          [](CallBatch& b, const ws::SZPTemplate& t, uintptr_t out_ptr, int64_t out_nbytes, int64_t row_start,
+             int64_t row_stop, uintptr_t src_ptr, int64_t src_nbytes, int64_t src_row_start, uint64_t tid) {
+            b.calls.push_back(
+                ws::make_call(t, {out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid}));
           },
-          "call(out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid): one chunk's "
-          "validated Call, checked as `szp` checks the template's args with these fields.");
+          "add(template, out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid): one "
+          "chunk's call, checked as `szp` checks the template's args with these fields.")
+      .def("__len__", [](const CallBatch& b) { return b.calls.size(); });
   m.def(
       "run",
-      [](const py::list& calls, int threads) {
-        std::vector<const ws::SZPCall*> batch;
-        batch.reserve(calls.size());
-        for (const auto& c : calls) batch.push_back(&c.cast<const ws::SZPCall&>());
+      [](const CallBatch& b, int threads) {
+        std::vector<const ws::SZPCall*> calls;
+        calls.reserve(b.calls.size());
+        for (const auto& c : b.calls) calls.push_back(&c);
         py::gil_scoped_release release;
-        ws::szp_cpu(batch, threads);
+        ws::szp_cpu(calls, threads);
       },
-      py::arg("calls"), py::arg("threads") = 0,
-      "Run Calls, their chunks shared out over `threads` threads (0: all); "
+      py::arg("batch"), py::arg("threads") = 0,
+      "Run a Batch, its calls' chunks shared out over `threads` threads (0: all); "
       "the same bytes as running each alone.");
   m.def("isa", &ws::szp_cpu_isa, "Instruction set the CPU kernel uses here.");
   m.def(

@@ -192,15 +192,15 @@ def test_zero_dim_and_empty_tensors():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_a_batch_of_calls_matches_each_alone(threads):
-    """`run` shares the chunks of many calls (tiny, odd and multi-chunk ones,
-    pure inits among them) over threads, each call made from a Template
-    shared by the chunks of its tensor: the bytes of each tensor are those
-    of the reference."""
+    """`run` shares the chunks of a Batch of many calls (tiny, odd and
+    multi-chunk ones, pure inits among them) over threads, each call made
+    from a Template shared by the chunks of its tensor: the bytes of each
+    tensor are those of the reference."""
     from ws_convert.op import _buffer
     from ws_convert.szp_spec import kernel_args
 
     rng = random.Random(threads)
-    cases, calls = [], []
+    cases, batch = [], _ext.cpu.Batch()
     for i in range(12):
         src, out_shape, maps = random_case(rng, rng.choice(DTYPES), tiny=i % 2 == 0)
         if i % 5 == 4:
@@ -215,10 +215,11 @@ def test_a_batch_of_calls_matches_each_alone(threads):
         template = _ext.cpu.Template(args, args["src_ptr"] != 0)
         row_bytes = out.element_size() * out.numel() // rows if rows else 0
         for r0, r1 in ((0, rows // 2), (rows // 2, rows)):  # two chunks of one template
-            calls.append(template.call(args["out_ptr"] + r0 * row_bytes, (r1 - r0) * row_bytes, r0, r1,
-                                       args["src_ptr"], args["src_nbytes"], 0, kw["tid"]))
+            batch.add(template, args["out_ptr"] + r0 * row_bytes, (r1 - r0) * row_bytes, r0, r1, args["src_ptr"],
+                      args["src_nbytes"], 0, kw["tid"])
         cases.append((src, out_shape, maps, out, kw))
-    _ext.cpu.run(calls, threads)
+    assert len(batch) == 24
+    _ext.cpu.run(batch, threads)
     for src, out_shape, maps, out, kw in cases:
         want = szp(src, out_shape, maps, out_dtype=out.dtype, backend="reference", **kw)
         assert same_bits(out, want), (out_shape, maps)

@@ -70,17 +70,18 @@ def test_raw_kernel_rejects_inconsistent_buffers():
     # a template checks its maps once, and each chunk's call the rest
     with pytest.raises(ValueError, match="no source"):
         _ext.cpu.Template({**args, "maps": [[(0, 0, 9)], []]}, False)
-    template = _ext.cpu.Template(args, False)
+    template, batch = _ext.cpu.Template(args, False), _ext.cpu.Batch()
     for chunk, message in [((out.data_ptr(), 32, 0, 2, src.data_ptr(), 8, 0, 0), "planned without one"),
                            ((out.data_ptr(), 32, 3, 5, 0, 0, 0, 0), "row range"),
                            ((out.data_ptr(), 16, 0, 2, 0, 0, 0, 0), "bytes"),
                            ((0, 32, 0, 2, 0, 0, 0, 0), "output buffer is null")]:
         with pytest.raises(ValueError, match=message):
-            template.call(*chunk)
+            batch.add(template, *chunk)
     sourced = _ext.cpu.Template({**args, "src_shape": [2, 2], "maps": [[(0, 0, 2)], [(0, 0, 2)]]}, True)
     with pytest.raises(ValueError, match="source buffer is null"):
-        sourced.call(out.data_ptr(), 64, 0, 4, 0, 0, 0, 0)
+        batch.add(sourced, out.data_ptr(), 64, 0, 4, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="outside the source buffer"):
-        sourced.call(out.data_ptr(), 64, 0, 4, src.data_ptr(), 8, 0, 0)  # one row held, two read
+        batch.add(sourced, out.data_ptr(), 64, 0, 4, src.data_ptr(), 8, 0, 0)  # one row held, two read
+    assert len(batch) == 0  # a refused call is not added
     with pytest.raises(ValueError, match="missing argument"):
         _ext.cpu.szp({k: v for k, v in args.items() if k != "seed"}, 1)

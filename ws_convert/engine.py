@@ -353,16 +353,19 @@ class _KernelBatch:
     """One slot's kernel calls, run together when the slot is handed off, and
     the arena their source rows are read into (it must outlive the calls)."""
 
-    def __init__(self, arena: mmap.mmap):
-        self.arena, self.used = arena, 0
+    def __init__(self, arena: mmap.mmap, arena_address: int):
+        self.arena, self.arena_address, self.used = arena, arena_address, 0
         self.own: list[mmap.mmap] = []  # sources that did not fit the arena
-        self.calls: list = []
+        self.calls = _ext.cpu.Batch()
         self.ran: Future | None = None
+        self.at = 0  # the address of the space last handed out
 
     def source_space(self, n: int) -> memoryview:
         if self.used + n > len(self.arena):
             self.own.append(_anonymous(n))
+            self.at = address(self.own[-1])
             return memoryview(self.own[-1])
+        self.at = self.arena_address + self.used
         self.used += n
         return memoryview(self.arena)[self.used - n:self.used]
 
@@ -422,7 +425,8 @@ class _CpuStream(_KernelStream):
         self.slots = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
         self.arenas = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
-        self.batches = [_KernelBatch(a) for a in self.arenas]
+        self.arena_addresses = [address(a) for a in self.arenas]
+        self.batches = [_KernelBatch(a, at) for a, at in zip(self.arenas, self.arena_addresses)]
         self.kernel = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-kernel")
 
     def slot_bytes(self, k: int) -> memoryview:
@@ -432,7 +436,7 @@ class _CpuStream(_KernelStream):
         return _ext.cpu.Template(args, lands)
 
     def start(self, k: int) -> None:
-        self.batches[k] = _KernelBatch(self.arenas[k])
+        self.batches[k] = _KernelBatch(self.arenas[k], self.arena_addresses[k])
 
     def ready(self, k: int) -> None:
         self.batches[k].ran.result()
@@ -441,9 +445,8 @@ class _CpuStream(_KernelStream):
         batch = self.batches[k]
         view = None if t.source is None else self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
         src_nbytes = 0 if view is None else view.nbytes
-        batch.calls.append(self.template(t, seed, src_nbytes > 0).call(
-            self.addresses[k] + offset, (r1 - r0) * t.row_bytes, r0, r1, address(view) if src_nbytes else 0,
-            src_nbytes, s0, tensor_id(t.noise_name)))
+        batch.calls.add(self.template(t, seed, src_nbytes > 0), self.addresses[k] + offset, (r1 - r0) * t.row_bytes,
+                        r0, r1, batch.at if src_nbytes else 0, src_nbytes, s0, tensor_id(t.noise_name))
 
     def flush(self) -> None:
         if self.chunks:
