@@ -110,8 +110,9 @@ def budget(a) -> str:
             big = wider(SMALL, factor)
             n_warm = steps_for(extra, big)
             n_scratch = steps_for(extra + base_steps * TOKENS_PER_STEP * flops_per_token(SMALL), big)
-            grown = [warm(a.work, f"{a.tag}-{tpp}tpp-warm{factor}x-s{s}", base, big.width, n_warm, s, a.lr, a.data)
-                     for s in a.seeds]
+            method = "" if a.method == "szp" else f"-{a.method}"
+            grown = [warm(a.work, f"{a.tag}-{tpp}tpp-warm{factor}x{method}-{n_warm}steps-s{s}", base, big.width,
+                          n_warm, s, a.lr, a.data, method=a.method) for s in a.seeds]
             start = [r["log"][0]["eval_loss_start"] for r in grown]
             wide = finals([scratch(a.work, f"{a.tag}-{tpp}tpp-scratch{factor}x-{n_scratch}steps-s{s}", big,
                                    n_scratch, s, a.lr, a.data) for s in a.seeds])
@@ -171,8 +172,8 @@ def budget_plot(points: dict, a) -> None:
     ax.minorticks_off()
     ax.set_xlabel("base trained to (tokens per parameter)")
     ax.set_ylabel("held-out lead of the grown model (nats per byte)")
-    ax.set_title(f"{a.tag}: width {SMALL.width}, then the compute of {a.steps} steps at width {2 * SMALL.width} "
-                 f"({len(a.seeds)} seeds)", fontsize=10)
+    ax.set_title(f"{a.tag}, {a.method}: width {SMALL.width}, then the compute of {a.steps} steps at width "
+                 f"{2 * SMALL.width} ({len(a.seeds)} seeds)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(fig, a.out / f"{a.name}.png")
@@ -297,6 +298,7 @@ def main() -> None:
                     help="budget: tokens per parameter the bases are trained to")
     ap.add_argument("--four-at", type=lambda s: [int(x) for x in s.split(",") if x], default=[20],
                     help="budget: the budgets also grown 4x")
+    ap.add_argument("--method", default="szp", help="budget: the growth operator (grow --method)")
     ap.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[80, 200],
                     help="lr-sweep: run lengths in steps")
     ap.add_argument("--lr", type=float, default=1e-2)
@@ -306,7 +308,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("experiments-work"))
     a = ap.parse_args()
     a.tag = Path(a.data).name if a.data else "stdlib"
-    a.name = {"budget": f"budget-{a.tag}-{a.steps}steps", "lr-sweep": f"lr-sweep-{a.tag}"}.get(a.experiment,
+    method = "" if a.method == "szp" else f"-{a.method}"
+    a.name = {"budget": f"budget-{a.tag}-{a.steps}steps{method}", "lr-sweep": f"lr-sweep-{a.tag}"}.get(a.experiment,
                                                                                                 a.experiment)
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)
