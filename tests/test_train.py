@@ -243,5 +243,17 @@ def test_a_run_is_scored_before_its_first_update_on_windows_of_the_dataset(tmp_p
     logs = [train(TrainConfig(**TINY, steps=2, data=text, seed=s, init_from=str(grown.out),
                               out=str(tmp_path / f"warm{s}")))["log"] for s in (0, 1)]
     assert logs[0][0]["eval_loss_start"] == logs[1][0]["eval_loss_start"]
+    # it is the grown checkpoint's own loss on the dataset's held-out windows, scored here independently
+    import torch.nn.functional as F
+
+    from ws_convert import model as gpt
+    from ws_convert.train import EVAL_SEED
+
+    net, val = gpt.load(grown.out / "model.safetensors").eval(), load(text).val
+    with torch.no_grad():
+        own = [F.cross_entropy(net(x).flatten(0, 1), y.flatten()).item() for x, y in
+               (batch(val, TINY["batch_size"], TINY["context"], seed=EVAL_SEED, step=i)
+                for i in range(TINY["eval_batches"]))]
+    assert logs[0][0]["eval_loss_start"] == pytest.approx(sum(own) / len(own), rel=1e-6)
     assert logs[0][0]["eval_loss_start"] != logs[0][0]["eval_loss"]  # before and after the first update
     assert logs[0][0]["loss"] != logs[1][0]["loss"]  # while the seeds do train on other batches
