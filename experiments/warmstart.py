@@ -172,8 +172,8 @@ def budget_plot(points: dict, a) -> None:
     ax.minorticks_off()
     ax.set_xlabel("base trained to (tokens per parameter)")
     ax.set_ylabel("held-out lead of the grown model (nats per byte)")
-    ax.set_title(f"{a.tag}, {a.method}: width {SMALL.width}, then the compute of {a.steps} steps at width "
-                 f"{2 * SMALL.width} ({len(a.seeds)} seeds)", fontsize=10)
+    ax.set_title(f"{a.tag}, {a.method}: width {SMALL.width} + the compute of {a.steps} steps at "
+                 f"{2 * SMALL.width}, {len(a.seeds)} seeds", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(fig, a.out / f"{a.name}.png")
