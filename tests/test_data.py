@@ -94,7 +94,7 @@ def test_tokens_are_the_tokenizers_own_and_the_held_out_files_hash_low(tmp_path,
     assert 0 < len(held) < FILES  # the corpus exercises the hash rule itself, not its fallbacks
     ds = load(str(tmp_path / "corpus"), tokenizer=tok_dir)
     tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    order = sorted(texts, key=lambda r: tmp_path / "corpus" / r)
+    order = sorted(texts, key=lambda r: hashlib.sha256(r.encode()).digest())  # a file-level shuffle
     assert ds.train.tolist() == _stream(tok, [texts[r] for r in order if r not in held])
     assert ds.val.tolist() == _stream(tok, [texts[r] for r in order if r in held])
     assert ds.vocab_size == len(tok) == 3 + len(COMMON) + FILES and ds.train.dtype == torch.int64
@@ -114,6 +114,21 @@ def test_held_out_files_do_not_depend_on_listing_order_place_or_other_files(tmp_
     rglob = Path.rglob
     monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(list(rglob(self, pattern))))
     assert held_tags(load(str(tmp_path / "b"), tokenizer=tok_dir)) == first
+
+
+def test_a_folder_is_read_shuffled_by_file_so_a_cut_stream_samples_the_whole_tree(tmp_path):
+    """Files go into the stream in the order of their path's hash, not in
+    path order, so cutting it at max_bytes keeps files from every directory."""
+    rels = [f"{d}/{i}.txt" for d in "abcdefgh" for i in range(8)]
+    for r in rels:
+        (tmp_path / "tree" / r).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / r).write_text(f"<{r}>")
+    kept = [r for r in rels if r not in _expected_held(rels)]
+    ds = load(str(tmp_path / "tree"))
+    text = bytes(ds.train.tolist()).decode()
+    assert text == "\n".join(f"<{r}>" for r in sorted(kept, key=lambda r: hashlib.sha256(r.encode()).digest()))
+    cut = bytes(load(str(tmp_path / "tree"), max_bytes=len(text) // 4).train.tolist()).decode()
+    assert len({r.split("/")[0] for r in kept if f"<{r}>" in cut}) >= 4  # a quarter of the stream, most directories
 
 
 def _names(low: bool, n: int) -> list[str]:

@@ -12,9 +12,10 @@ formats above) under `cache_dir()`, keyed by the tokenizer's files and each
 data file's path, size and mtime, so a second run does not tokenize again.
 
 Held out: for a folder, the files whose relative path hashes low (about 10%,
-stable when files are added, the same in every listing order); for the
-stdlib read as bytes, every tenth file (as the shipped model was trained);
-for one file or a token file, its last 10%.
+stable when files are added, the same in every listing order), both parts
+read in the order of that hash (a file-level shuffle); for the stdlib read
+as bytes, every tenth file in path order (as the shipped model was
+trained); for one file or a token file, its last 10%.
 Batches are a pure function of (seed, step), so a resumed or multi-process run
 sees exactly the batches a single run would.
 """
@@ -134,7 +135,9 @@ def _open_tokenizer(path: Path) -> tuple[Any, str]:
 def _split_by_path(root: Path, files: list[Path]) -> tuple[list[Path], list[Path]]:
     """(kept, held out) files, chosen by a hash of each relative path: the same
     choice on every machine and in every listing order, and adding a file moves
-    no other file across the split."""
+    no other file across the split. Each part comes in the order of that hash,
+    a file-level shuffle: a stream cut short (max_bytes) samples the whole
+    tree, not its first directories, as the held-out files do."""
     digest = {f: hashlib.sha256(f.relative_to(root).as_posix().encode("utf-8", "surrogateescape")).digest()
               for f in files}
     held = {f for f in files if digest[f][0] < HELD_OUT_BELOW}
@@ -142,7 +145,8 @@ def _split_by_path(root: Path, files: list[Path]) -> tuple[list[Path], list[Path
         held = {min(files, key=digest.__getitem__)}
     if len(held) == len(files):
         held.remove(max(files, key=digest.__getitem__))
-    return [f for f in files if f not in held], [f for f in files if f in held]
+    shuffled = sorted(files, key=digest.__getitem__)
+    return [f for f in shuffled if f not in held], [f for f in shuffled if f in held]
 
 
 def _tokenize(tok: Any, tok_dir: Path, used: list[tuple[str, int, int, int]], width: int,
