@@ -4,6 +4,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace ws {
 
@@ -122,9 +123,11 @@ SZPTemplate make_template(SZPArgs args, bool has_src) {
   return t;
 }
 
-SZPCall make_call(const SZPArgs& a) {
-  return make_call(make_template(a, a.src_ptr != 0),
-                   {a.out_ptr, a.out_nbytes, a.row_start, a.row_stop, a.src_ptr, a.src_nbytes, a.src_row_start, a.tid});
+SZPCall make_call(SZPArgs a) {
+  const ChunkArgs chunk{a.out_ptr, a.out_nbytes, a.row_start, a.row_stop,
+                        a.src_ptr, a.src_nbytes, a.src_row_start, a.tid};
+  const bool has_src = a.src_ptr != 0;
+  return make_call(make_template(std::move(a), has_src), chunk);
 }
 
 SZPCall make_call(const SZPTemplate& t, const ChunkArgs& ch) {

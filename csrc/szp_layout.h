@@ -116,7 +116,7 @@ struct ChunkArgs {
 // build the tables: a template, one chunk's call from it, or both at once.
 SZPTemplate make_template(SZPArgs args, bool has_src);
 SZPCall make_call(const SZPTemplate& t, const ChunkArgs& chunk);
-SZPCall make_call(const SZPArgs& args);
+SZPCall make_call(SZPArgs args);
 
 int64_t dtype_size(DType d);
 

@@ -353,8 +353,8 @@ class _KernelBatch:
     """One slot's kernel calls, run together when the slot is handed off, and
     the arena their source rows are read into (it must outlive the calls)."""
 
-    def __init__(self, arena: mmap.mmap, arena_address: int):
-        self.arena, self.arena_address, self.used = arena, arena_address, 0
+    def __init__(self, arena: mmap.mmap):
+        self.arena, self.arena_address, self.used = arena, address(arena), 0
         self.own: list[mmap.mmap] = []  # sources that did not fit the arena
         self.calls = _ext.cpu.Batch()
         self.ran: Future | None = None
@@ -425,8 +425,7 @@ class _CpuStream(_KernelStream):
         self.slots = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
         self.addresses = [address(m) for m in self.slots]
         self.arenas = [_anonymous(chunk_bytes) for _ in range(SLOTS)]
-        self.arena_addresses = [address(a) for a in self.arenas]
-        self.batches = [_KernelBatch(a, at) for a, at in zip(self.arenas, self.arena_addresses)]
+        self.batches = [_KernelBatch(a) for a in self.arenas]
         self.kernel = ThreadPoolExecutor(1, thread_name_prefix="ws-convert-kernel")
 
     def slot_bytes(self, k: int) -> memoryview:
@@ -436,7 +435,7 @@ class _CpuStream(_KernelStream):
         return _ext.cpu.Template(args, lands)
 
     def start(self, k: int) -> None:
-        self.batches[k] = _KernelBatch(self.arenas[k], self.arena_addresses[k])
+        self.batches[k] = _KernelBatch(self.arenas[k])
 
     def ready(self, k: int) -> None:
         self.batches[k].ran.result()
