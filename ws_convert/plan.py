@@ -386,8 +386,8 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
     if arch.ffn_default:
         derive("ffn", arch.ffn_default * width, f"{origin['width']} (ffn {arch.ffn_default} x width)")
     elif "ffn" not in value:
-        up = next(p for p in layer_params(arch, 1) if p.axes and p.axes[0] == Kind.FFN)
-        name = arch.layer.format(p=prefix, i=0) + up.name
+        up = next(name for p, name in layer_params(arch, 1) if p.axes and p.axes[0] == Kind.FFN)
+        name = arch.layer.format(p=prefix, i=0) + up
         if name not in source.tensors:
             raise PlanError(f"{source.path}: missing tensor '{name}'")
         derive("ffn", (source.tensors[name][1] or (0,))[0], f"the shape of '{name}'")
@@ -434,25 +434,35 @@ def _rotary_dim(arch: Architecture, source: Source, head_dim: int, origin: str) 
     return dims
 
 
-def layer_params(arch: Architecture, experts: int) -> list[Param]:
-    """A layer's tensors, each per-expert row ('{e}') once for every expert."""
-    return [replace(p, name=p.name.replace("{e}", str(e))) if "{e}" in p.name else p
+def layer_params(arch: Architecture, experts: int) -> list[tuple[Param, str]]:
+    """A layer's rows and their names relative to the layer, each per-expert
+    row ('{e}') once for every expert (all sharing the row's Param)."""
+    return [(p, p.name.replace("{e}", str(e)) if "{e}" in p.name else p.name)
             for p in arch.blocks for e in (range(experts) if "{e}" in p.name else (0,))]
 
 
 def _arch_params(arch: Architecture, prefix: str, layers: int, experts: int) -> list[tuple[Param, str]]:
-    blocks = layer_params(arch, experts)
+    """Every tensor of the architecture with its full name (globals, then layer by layer)."""
+    blocks = [(p, name.format(p=prefix)) for p, name in layer_params(arch, experts)]
     return [(p, p.name.format(p=prefix)) for p in arch.globals] + [
-        (p, (arch.layer + p.name).format(p=prefix, i=i)) for i in range(layers) for p in blocks]
+        (p, start + name) for start in layer_starts(arch, prefix, layers) for p, name in blocks]
+
+
+def layer_starts(arch: Architecture, prefix: str, layers: int) -> list[str]:
+    """The name prefix of each layer's tensors."""
+    return [arch.layer.format(p=prefix, i=i) for i in range(layers)]
 
 
 def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes, origin: dict[str, str]) -> None:
     """Every tensor of the architecture in `source` has the shape `sizes` give it."""
     expect: dict[tuple, list[int | None]] = {}  # per axes: the rows of a table repeat over layers and experts
+    right: set[tuple] = set()  # (axes, shape) pairs already found right
+    shapes = source.tensors
     for p, name in _arch_params(arch, prefix, sizes.layers, sizes.experts):
-        if name not in source.tensors:
+        held = shapes.get(name)
+        if held is None or (p.axes, held[1]) in right:
             continue
-        actual = source.tensors[name][1]
+        actual = held[1]
         if len(actual) != len(p.axes):
             raise PlanError(f"{source.path}: tensor '{name}' has shape {list(actual)}, not the {len(p.axes)} "
                             f"axes of a {arch.name} '{p.name}'")
@@ -466,6 +476,7 @@ def _check_shapes(arch: Architecture, prefix: str, source: Source, sizes: Sizes,
             want = [d if e is None else e for e, d in zip(expected, actual)]
             raise PlanError(f"{source.path}: tensor '{name}' has shape {list(actual)}, but {' and '.join(where)} "
                             f"{'give' if len(where) > 1 else 'gives'} it {want}")
+        right.add((p.axes, actual))
 
 
 def source_sizes(arch: Architecture, prefix: str, source: Source, options: GrowthOptions) -> Sizes:
@@ -795,12 +806,12 @@ def _check_tensors(source: Source, plan: Plan) -> None:
     it (or copy it unchanged), with float32 knobs, into a file that can
     address it."""
     o = plan.options
-    fitting: set[tuple[float, float, Init]] = set()  # knobs checked: a plan has few distinct ones
+    fitting: set[tuple[float, float, int]] = set()  # knobs checked: a plan has few distinct ones (and inits)
     for t in plan.tensors:
         if t.verbatim and not t.unchanged:
             raise PlanError(f"{source.path}: tensor '{t.source or t.name}' is {t.dtype}, which the op cannot "
                             f"compute ({t.role.value}); it takes {OP_DTYPES}")
-        knobs = (t.shrink, t.perturb, t.init)
+        knobs = (t.shrink, t.perturb, id(t.init))
         if knobs in fitting:
             continue
         scales = [t.shrink, t.noise_std] if isinstance(t.init, Normal) else [
@@ -871,52 +882,46 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     # μP base shapes: the source's own, or scaled to the base width its config names
     base_width = config_sizes(arch.keys, source, arch.nullable).get("base_width", (src.width,))[0]
 
-    def full(p: Param, i: int | None) -> str:
-        name = p.name if i is None else arch.layer + p.name
-        return name.format(p=prefix, i=i)
-
-    wanted: list[tuple[Param, str, str | None]] = []  # (spec, output name, source name)
+    starts = layer_starts(arch, prefix, max(src.layers, len(sources)))
+    blocks = [(p, name.format(p=prefix)) for p, name in layer_params(arch, src.experts)]
+    wanted: list[tuple[Param, str, str | None, str]] = []  # (spec, output name, source name, layer 0's name)
     zeroed: set[str] = set()  # the residual writers of copied blocks (--depth-policy identity)
     for p in arch.globals:
-        if full(p, None) in source.tensors:
-            wanted.append((p, full(p, None), full(p, None)))
+        name = p.name.format(p=prefix)
+        if name in source.tensors:
+            wanted.append((p, name, name, name))
         elif not p.optional:
-            raise PlanError(f"{source.path}: missing tensor '{full(p, None)}' of a {arch.name} checkpoint")
-    blocks = layer_params(arch, src.experts)
+            raise PlanError(f"{source.path}: missing tensor '{name}' of a {arch.name} checkpoint")
     for j, s in enumerate(sources):
-        for p in blocks:
+        for p, rel in blocks:
             # a buffer is no parameter to initialise: a new layer copies layer 0's
             s_p = 0 if s is None and p.role == Role.BUFFER else s
+            name, first = starts[j] + rel, starts[0] + rel
             if p.name in created:
-                wanted.append((p, full(p, j), None))
+                wanted.append((p, name, None, first))
                 continue
-            present = full(p, s_p if s_p is not None else 0) in source.tensors
-            if not present and not p.optional:
-                raise PlanError(f"{source.path}: missing tensor '{full(p, s_p if s_p is not None else 0)}'")
-            if present:
-                wanted.append((p, full(p, j), full(p, s_p) if s_p is not None else None))
-                if j in copies and writes_residual(p):
-                    zeroed.add(full(p, j))
+            held = first if s_p is None else starts[s_p] + rel
+            if held not in source.tensors:
+                if not p.optional:
+                    raise PlanError(f"{source.path}: missing tensor '{held}'")
+                continue
+            wanted.append((p, name, held if s_p is not None else None, first))
+            if j in copies and writes_residual(p):
+                zeroed.add(name)
     known = {name for _, name in _arch_params(arch, prefix, src.layers, src.experts)}
     unknown = sorted(set(source.tensors) - known)
     if unknown:
         raise PlanError(f"{source.path}: tensor '{unknown[0]}' is not part of a {arch.name} model "
                         f"({len(unknown)} such); give --arch generic to pad it anyway")
 
-    tensors, base_shapes = [], {}
     layouts: dict[tuple, tuple] = {}
-    bases: dict[tuple, tuple[int | None, ...]] = {}
     readout, embedding = (n.format(p=prefix) for n in arch.tied) if arch.tied else (None, None)
-    for p, name, src_name in wanted:
-        # a new layer's tensor has the shape of layer 0's (source_sizes checked it); a created one, its
-        # sizes', a fixed axis being one unit (a gate's)
-        if p.name in created:
-            dtype, src_shape = source.tensors[arch.globals[0].name.format(p=prefix)][0], tuple(
-                axis_size(a, src) or 1 for a in p.axes)
-        else:
-            dtype, src_shape = source.tensors[src_name or full(p, 0)]
-        if name in zeroed:
-            src_name = None
+
+    def kind_of(p: Param, name: str, src_name: str | None, dtype: str, src_shape: tuple[int, ...],
+                base: tuple[int | None, ...] | None) -> tuple:
+        """Everything planned of a tensor but its names: the same for every
+        tensor of one row, layout and source presence (so, over the layers
+        and experts of a checkpoint of tens of thousands of tensors, few)."""
         key = (p.axes, src_shape)
         if key not in layouts:  # the rows of a table repeat over layers and experts
             sized = [axis_size(a, src) is not None for a in p.axes]
@@ -933,16 +938,12 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
         shape, maps, tiled = layouts[key]
         if src_name is None:
             maps = tuple(() for _ in p.axes)
-        base = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
-        if base is None:
-            if key not in bases:  # scaled from the source's shape: the same for every tensor of a layout
-                bases[key] = tuple(src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
-                                   for k, a in enumerate(p.axes))
-            base = bases[key]
-        base_shapes[name] = list(base)
+        if base is None:  # scaled from the source's shape
+            base = tuple(src_shape[k] * base_width // src.width if is_infinite(a, policy) else None
+                         for k, a in enumerate(p.axes))
         fan_in = shape[p.fan_in] if p.fan_in is not None else None
         init = init_for(p.role, fan_in, base[p.fan_in] if p.fan_in is not None else None, options)
-        noise_name, role, note = name, p.role, ""
+        noise_name, role, note = None, p.role, ""
         if p.zero_key and config.get(p.zero_key, arch.defaults.get(p.zero_key)):
             init, note = Constant(0.0), f"zero at init ({p.zero_key}), no noise"
         if tied and name == readout:  # stays tied: the same bytes as the embedding
@@ -970,11 +971,36 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
             init, shrink, perturb, note = Constant(0.0), 0.0, 1.0, "copied block: its output starts at zero"
         elif src_name is None:
             note = "pure init" if p.name in created else "new layer, pure init"
-        elif src_name != name:
-            note = note or f"from {src_name}"
-        tensors.append(TensorPlan(name, src_name, src_shape if src_name else None, shape,
-                                  output_dtype(dtype, options.dtype), role, maps, shrink, perturb, init,
-                                  noise_name, note, noise_maps, p.fan_in if not (tied and name == readout) else None))
+        return (src_shape if src_name else None, shape, output_dtype(dtype, options.dtype), role, maps, shrink,
+                perturb, init, noise_name, note, noise_maps, p.fan_in if not (tied and name == readout) else None,
+                base)
+
+    tensors, base_shapes = [], {}
+    kinds: dict[tuple, tuple] = {}
+    for p, name, src_name, first in wanted:
+        # a new layer's tensor has the shape of layer 0's (source_sizes checked it); a created one, its
+        # sizes', a fixed axis being one unit (a gate's)
+        if p.name in created:
+            dtype, src_shape = source.tensors[arch.globals[0].name.format(p=prefix)][0], tuple(
+                axis_size(a, src) or 1 for a in p.axes)
+        else:
+            dtype, src_shape = source.tensors[src_name or first]
+        if name in zeroed:
+            src_name = None
+        given = base_shape(base_file, base_shapes_file, name, src_name, len(p.axes))
+        given = None if given is None else tuple(given)
+        kind = (id(p), src_shape, dtype, src_name is None, name in zeroed, name == readout, given,
+                name if options.method == "net2net" else None)  # its choices of units differ per layer
+        fields = kinds.get(kind)
+        if fields is None:
+            fields = kinds[kind] = kind_of(p, name, src_name, dtype, src_shape, given)
+        (planned_src_shape, shape, dtype_out, role, maps, shrink, perturb, init, noise_name, note, noise_maps,
+         fan_in, base) = fields
+        if not note and src_name is not None and src_name != name:
+            note = f"from {src_name}"
+        base_shapes[name] = list(base)
+        tensors.append(TensorPlan(name, src_name, planned_src_shape, shape, dtype_out, role, maps, shrink, perturb,
+                                  init, noise_name or name, note, noise_maps, fan_in))
 
     warnings = [c.text for c in arch.caveats
                 if (dst.width != src.width if c.on == "width" else dst.heads != src.heads)

@@ -11,7 +11,6 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 
-from .gc_pause import collection_paused
 
 # Bytes per element of every dtype name the format defines that ws-convert
 # reads (torch equivalents: torch_dtypes.py).
@@ -29,20 +28,29 @@ def nbytes(dtype: str, shape: Sequence[int]) -> int:
     return ITEMSIZE[dtype] * math.prod(shape)
 
 
-@collection_paused()
 def encode_header(entries: Sequence[tuple[str, str, Sequence[int]]],
                   metadata: Mapping[str, str] | None) -> tuple[bytes, dict[str, tuple[int, int]]]:
     """Header bytes (length prefix included, padded to 8 bytes) for tensors
-    stored back to back in the given order, and each one's [begin, end)."""
-    header: dict[str, object] = {}
-    if metadata:
-        header[METADATA_KEY] = dict(metadata)
+    stored back to back in the given order, and each one's [begin, end).
+    The JSON is the compact `json.dumps` text (no spaces, UTF-8 as is),
+    written entry by entry: a checkpoint of tens of thousands of tensors
+    would otherwise build a dictionary per tensor only to print it."""
+    parts = [json.dumps({METADATA_KEY: dict(metadata)}, separators=(",", ":"), ensure_ascii=False)[1:-1]] \
+        if metadata else []
     spans, offset = {}, 0
+    shown: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = {}  # a checkpoint has few distinct shapes
     for name, dtype, shape in entries:
-        size = nbytes(dtype, shape)
+        key = (dtype, tuple(shape))
+        if key not in shown:
+            shown[key] = f'{{"dtype":{_string(dtype)},"shape":[{",".join(map(str, key[1]))}],"data_offsets":[', \
+                nbytes(dtype, shape)
+        text, size = shown[key]
         spans[name] = (offset, offset + size)
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        parts.append(f"{_string(name)}:{text}{offset},{offset + size}]}}")
         offset += size
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = ("{" + ",".join(parts) + "}").encode("utf-8")
     text += b" " * (-(len(text) + 8) % 8)
     return len(text).to_bytes(8, "little") + text, spans
+
+
+_string = json.encoder.encode_basestring  # a JSON string as json.dumps(..., ensure_ascii=False) writes it

@@ -30,7 +30,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,17 +60,20 @@ def parse_size(size: str | int) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class OutputTensor:
-    """One tensor of the checkpoint to write: name, safetensors dtype, shape."""
+    """One tensor of the checkpoint to write: name, safetensors dtype, shape.
+    Not frozen: a checkpoint of tens of thousands of tensors makes one each,
+    and a frozen dataclass sets every field the slow way."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
 
-    @cached_property
-    def nbytes(self) -> int:
-        return nbytes(self.dtype, self.shape)
+    def __post_init__(self) -> None:
+        if self.dtype not in ITEMSIZE:
+            raise OutputError(f"tensor '{self.name}': dtype {self.dtype!r} cannot be stored in safetensors")
+        self.nbytes = nbytes(self.dtype, self.shape)
 
 
 @dataclass
@@ -100,8 +102,6 @@ def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int | str,
     groups: list[list[OutputTensor]] = [[]]
     used = 0
     for t in tensors:
-        if t.dtype not in ITEMSIZE:
-            raise OutputError(f"tensor '{t.name}': dtype {t.dtype!r} cannot be stored in safetensors")
         if groups[-1] and used + t.nbytes > limit:
             groups.append([])
             used = 0
