@@ -105,6 +105,25 @@ def test_plan_and_sizes():
         plan_shards([OutputTensor("a", "F32", (1,))] * 2, 100)
 
 
+def test_header_is_the_compact_json_text():
+    """The header is written entry by entry; it must be exactly the text
+    json.dumps gives, for names and metadata that need escaping too."""
+    from ws_convert.safetensors_spec import encode_header
+
+    entries = [("a", "F32", (2, 3)), ('b"\\\n\u00e9\u2028\x7f', "BF16", ()), ("c", "U8", [5]), ("d", "F32", (2, 3)),
+               ("e", "I64", (0, 4))]
+    metadata = {"format": "pt", "x": 'quote " and \u00e9\n'}
+    for meta in (metadata, None, {}):
+        header, spans = encode_header(entries, meta)
+        body = json.loads(header[8:].decode("utf-8"))
+        expected = {**({"__metadata__": meta} if meta else {}),
+                    **{n: {"dtype": d, "shape": list(s), "data_offsets": list(spans[n])} for n, d, s in entries}}
+        text = json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        assert header[8:].rstrip(b" ") == text and body == expected
+        assert int.from_bytes(header[:8], "little") == len(header) - 8 and len(header) % 8 == 0
+    assert [spans[n] for n, _, _ in entries] == [(0, 24), (24, 26), (26, 31), (31, 55), (55, 55)]
+
+
 def test_bad_writes(tmp_path):
     plan = [OutputTensor("a", "F32", (4, 3)), OutputTensor("b", "BF16", (2,))]
     with pytest.raises(OutputError, match="not written in full, first 'b'"):
