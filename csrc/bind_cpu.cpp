@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bind_args.h"
+#include "source_reads.h"
 #include "szp_cpu.h"
 
 namespace py = pybind11;
@@ -13,6 +14,7 @@ namespace py = pybind11;
 namespace {
 struct CallBatch {
   std::vector<ws::SZPCall> calls;
+  std::vector<ws::SourceRead> reads;  // the source rows the calls read, from the files
 };
 }  // namespace
 
@@ -28,10 +30,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("args"), py::arg("threads") = 0,
       "Run one SZP call on the CPU; `args` holds buffer addresses, shapes and knobs.");
   // Calls validated now and run later, together: the file-to-file engine
-  // adds each chunk's call (from its tensor's Template) as it reads the
-  // chunk's source rows, so a bad call fails there, and runs a whole slot's
-  // batch on another thread. The calls stay in C++: a checkpoint of tens of
-  // thousands of small tensors makes no Python object per call.
+  // adds each chunk's call (from its tensor's Template) and where its source
+  // rows lie in the files, so a bad call fails there, and runs a whole slot's
+  // batch on another thread: the reads, then the kernel. The calls stay in
+  // C++: a checkpoint of tens of thousands of small tensors makes no Python
+  // object per call, and its reads cost no interpreter time.
   py::class_<ws::SZPTemplate>(
       m, "Template",
       "What the calls of many chunks share (shapes, maps, dtypes, knobs), validated and tabulated once.")
@@ -45,25 +48,43 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "add",
           [](CallBatch& b, const ws::SZPTemplate& t, uintptr_t out_ptr, int64_t out_nbytes, int64_t row_start,
-             int64_t row_stop, uintptr_t src_ptr, int64_t src_nbytes, int64_t src_row_start, uint64_t tid) {
+             int64_t row_stop, uintptr_t src_ptr, int64_t src_nbytes, int64_t src_row_start, uint64_t tid, int fd,
+             int64_t pos) {
             b.calls.push_back(
                 ws::make_call(t, {out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid}));
+            if (fd >= 0 && src_nbytes > 0) {
+              if (pos < 0) throw std::invalid_argument("a source read at a negative file offset");
+              b.reads.push_back({fd, pos, src_nbytes, src_ptr});
+            }
           },
-          "add(template, out_ptr, out_nbytes, row_start, row_stop, src_ptr, src_nbytes, src_row_start, tid): one "
-          "chunk's call, checked as `szp` checks the template's args with these fields.")
-      .def("__len__", [](const CallBatch& b) { return b.calls.size(); });
+          py::arg("template"), py::arg("out_ptr"), py::arg("out_nbytes"), py::arg("row_start"), py::arg("row_stop"),
+          py::arg("src_ptr"), py::arg("src_nbytes"), py::arg("src_row_start"), py::arg("tid"), py::arg("fd") = -1,
+          py::arg("pos") = 0,
+          "One chunk's call, checked as `szp` checks the template's args with these fields. With `fd` (an open "
+          "file), `run` first reads its `src_nbytes` source bytes at file offset `pos` into `src_ptr`; without, "
+          "they must be there already.")
+      .def("__len__", [](const CallBatch& b) { return b.calls.size(); })
+      .def_property_readonly("reads", [](const CallBatch& b) { return b.reads.size(); },
+                             "How many of the calls read their source from a file.");
   m.def(
       "run",
-      [](const CallBatch& b, int threads) {
-        std::vector<const ws::SZPCall*> calls;
-        calls.reserve(b.calls.size());
-        for (const auto& c : b.calls) calls.push_back(&c);
-        py::gil_scoped_release release;
-        ws::szp_cpu(calls, threads);
+      [](const CallBatch& b, int threads) -> py::object {
+        ws::ReadFailure failed;
+        {
+          std::vector<const ws::SZPCall*> calls;
+          calls.reserve(b.calls.size());
+          for (const auto& c : b.calls) calls.push_back(&c);
+          py::gil_scoped_release release;
+          failed = ws::read_sources(b.reads);
+          if (failed.index < 0) ws::szp_cpu(calls, threads);
+        }
+        if (failed.index < 0) return py::none();
+        return py::make_tuple(failed.index, failed.error);
       },
       py::arg("batch"), py::arg("threads") = 0,
-      "Run a Batch, its calls' chunks shared out over `threads` threads (0: all); "
-      "the same bytes as running each alone.");
+      "Run a Batch: read the sources its calls read from files, then run its calls, their chunks shared out "
+      "over `threads` threads (0: all); the same bytes as running each alone. None, or (i, errno) when the i-th "
+      "read failed (errno 0: its file ended first) and nothing was computed.");
   m.def("isa", &ws::szp_cpu_isa, "Instruction set the CPU kernel uses here.");
   m.def(
       "philox4x32_10",

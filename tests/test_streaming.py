@@ -5,6 +5,7 @@ slot's chunks in one call. Batching must change no byte and no check."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import xxhash
 from safetensors.torch import load_file, save_file
 
 from io_helpers import all_dtype_tensors, planned
-from ws_convert import provenance
+from ws_convert import _ext, provenance
 from ws_convert.errors import CheckpointError, OutputError
 from ws_convert.provenance import SourceHasher
 from ws_convert.reader import open_checkpoint, tensor_bytes
@@ -111,3 +112,58 @@ def test_cached_knobs_keep_the_sign_of_zero():
 
     assert knobs(0.0, 0.0) == (1, 1)
     assert knobs(-0.0, -0.0) == (-1, -1)  # not the cached +0.0 of the call before
+
+
+def _many_small(tmp_path, count=300):
+    """A generic checkpoint of `count` small tensors in 3 shards, every value random."""
+    import json
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {f"layers.{i}.weight": torch.randn((6, 6) if i % 3 else (6,), generator=g).to(torch.bfloat16)
+               for i in range(count)}
+    names = list(tensors)
+    src = tmp_path / "src"
+    src.mkdir()
+    weight_map = {}
+    for k in range(3):
+        part = names[k::3]
+        save_file({n: tensors[n] for n in part}, src / f"s{k}.safetensors")
+        weight_map.update(dict.fromkeys(part, f"s{k}.safetensors"))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (src / "config.json").write_text(json.dumps({"hidden_size": 6, "num_attention_heads": 1}))
+    return src
+
+
+@pytest.mark.skipif(_ext.cpu is None, reason="the compiled CPU kernel is not built")
+def test_source_reads_in_the_kernel_batch_give_the_bytes_of_the_plain_path(tmp_path, monkeypatch):
+    """The compiled path reads a slot's sources itself, adjacent ones as one
+    read; the torch path reads each through the checkpoint. Same bytes, for
+    slots of one tensor and slots of all, and for a limit of 2 files a batch."""
+    from ws_convert import engine
+    from ws_convert.engine import grow
+
+    src = _many_small(tmp_path)
+    outputs = {}
+    for name, chunk, files, compiled in (("torch", 1 << 20, 16, False), ("one", 1, 16, True),
+                                         ("all", 1 << 20, 16, True), ("two-files", 1 << 20, 2, True)):
+        monkeypatch.setattr(engine, "BATCH_FILES", files)
+        monkeypatch.setattr(engine._ext, "cpu", _ext.cpu if compiled else None)
+        grow(src, 12, out=tmp_path / name, arch="generic", chunk_bytes=chunk, device="cpu")
+        outputs[name] = (tmp_path / name / "model.safetensors").read_bytes()
+    assert outputs["one"] == outputs["torch"] and outputs["all"] == outputs["torch"]
+    assert outputs["two-files"] == outputs["torch"]
+
+
+@pytest.mark.skipif(_ext.cpu is None, reason="the compiled CPU kernel is not built")
+def test_a_source_cut_short_before_its_batch_reads_it_is_named(tmp_path):
+    from ws_convert.engine import execute
+    from ws_convert.plan import GrowthOptions, Source, make_plan
+
+    src = _many_small(tmp_path)
+    with open_checkpoint(src) as ckpt:
+        plan = make_plan(Source.of(ckpt), GrowthOptions(to_width=12, arch="generic"))
+        last = max((i for i in ckpt.tensors.values() if i.file.name == "s1.safetensors"), key=lambda i: i.start)
+        os.truncate(last.file, last.start + 3)
+        with pytest.raises(CheckpointError, match="truncated while it was read") as err:
+            execute(plan, ckpt, lambda data, chunks: None)
+    assert err.value.tensor == last.name and err.value.file == str(last.file)

@@ -30,7 +30,8 @@ from .gc_pause import collection_paused
 from .hub import resolve
 from .plan import GrowthOptions, Plan, Source, TensorPlan, make_plan, write_base_shapes
 from .provenance import GROWN, HASH_ALGORITHM, HASHES, SourceHasher, record, record_text, without_hashes
-from .reader import INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, open_checkpoint, open_regular, tensor_bytes
+from .reader import (INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, TensorInfo, open_checkpoint, open_regular,
+                     tensor_bytes)
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, knobs_key, tensor_id
 from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, OPTIMIZER_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 SLOTS = 3  # chunk buffers in flight: one computing, one writing, one spare
+BATCH_FILES = 16  # source files one slot's batch of kernel calls reads (it keeps each open until reused)
 
 
 def run_tensor(t: TensorPlan, src: torch.Tensor | None, seed: int, *, rows: tuple[int, int] | None = None,
@@ -350,24 +352,47 @@ def _anonymous(size: int) -> mmap.mmap:
 
 
 class _KernelBatch:
-    """One slot's kernel calls, run together when the slot is handed off, and
-    the arena their source rows are read into (it must outlive the calls)."""
+    """One slot's kernel calls, run together when the slot is handed off:
+    first the reads of their source rows from the files into the slot's
+    arena (which must outlive the calls), then the calls. The batch holds
+    descriptors of its own of the files it reads, so that the checkpoint's
+    may close meanwhile."""
 
     def __init__(self, arena: mmap.mmap):
         self.arena, self.arena_address, self.used = arena, address(arena), 0
         self.own: list[mmap.mmap] = []  # sources that did not fit the arena
         self.calls = _ext.cpu.Batch()
         self.ran: Future | None = None
-        self.at = 0  # the address of the space last handed out
+        self.fds: dict[Path, int] = {}
+        self.read: list[TensorInfo] = []  # the tensor of each read, for messages
 
-    def source_space(self, n: int) -> memoryview:
+    def source_space(self, n: int) -> int:
+        """The address of n free bytes for source rows."""
         if self.used + n > len(self.arena):
             self.own.append(_anonymous(n))
-            self.at = address(self.own[-1])
-            return memoryview(self.own[-1])
-        self.at = self.arena_address + self.used
+            return address(self.own[-1])
         self.used += n
-        return memoryview(self.arena)[self.used - n:self.used]
+        return self.arena_address + self.used - n
+
+    def descriptor(self, ckpt: Checkpoint, info: TensorInfo) -> int:
+        """The batch's descriptor of the file holding `info`; notes the read for messages."""
+        self.read.append(info)
+        fd = self.fds.get(info.file)
+        if fd is None:
+            fd = self.fds[info.file] = ckpt.descriptor(info.file)
+        return fd
+
+    def run(self, threads: int) -> None:
+        failed = _ext.cpu.run(self.calls, threads)
+        if failed is not None:
+            index, error = failed
+            info = self.read[index]
+            why = f"cannot read: {os.strerror(error)}" if error else "the file was truncated while it was read"
+            raise CheckpointError(info.file, why, info.name)
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
 
 
 class _KernelStream(_Stream):
@@ -434,7 +459,13 @@ class _CpuStream(_KernelStream):
     def prepare(self, args: dict, lands: bool):
         return _ext.cpu.Template(args, lands)
 
+    def fits(self, t: TensorPlan, n: int, s0: int, s1: int) -> bool:
+        batch = self.batches[self.slot]  # holds a descriptor per file it reads: a bounded number
+        return super().fits(t, n, s0, s1) and (len(batch.fds) < BATCH_FILES or t.source is None
+                                               or self.ckpt.info(t.source).file in batch.fds)
+
     def start(self, k: int) -> None:
+        self.batches[k].close()
         self.batches[k] = _KernelBatch(self.arenas[k])
 
     def ready(self, k: int) -> None:
@@ -442,15 +473,19 @@ class _CpuStream(_KernelStream):
 
     def compute(self, k, offset, t, seed, r0, r1, s0, s1):
         batch = self.batches[k]
-        view = None if t.source is None else self.ckpt.read_rows(t.source, s0, s1, batch.source_space)
-        src_nbytes = 0 if view is None else view.nbytes
+        src = src_nbytes = pos = 0
+        fd = -1
+        if t.source is not None:
+            info, src_nbytes, pos, src = self.ckpt.locate_rows(t.source, s0, s1)
+            if pos >= 0 and src_nbytes:  # in a file, not in memory: read when the batch runs
+                src, fd = batch.source_space(src_nbytes), batch.descriptor(self.ckpt, info)
         batch.calls.add(self.template(t, seed, src_nbytes > 0), self.addresses[k] + offset, (r1 - r0) * t.row_bytes,
-                        r0, r1, batch.at if src_nbytes else 0, src_nbytes, s0, tensor_id(t.noise_name))
+                        r0, r1, src if src_nbytes else 0, src_nbytes, s0, tensor_id(t.noise_name), fd, pos)
 
     def flush(self) -> None:
         if self.chunks:
             batch = self.batches[self.slot]
-            batch.ran = self.kernel.submit(_ext.cpu.run, batch.calls, self.threads)
+            batch.ran = self.kernel.submit(batch.run, self.threads)
         super().flush()
 
     def finish(self) -> None:
@@ -458,6 +493,8 @@ class _CpuStream(_KernelStream):
             super().finish()
         finally:
             self.kernel.shutdown(wait=True, cancel_futures=True)
+            for batch in self.batches:
+                batch.close()
 
 
 ALIGN = 16  # device offsets of chunks in a slot: the kernel's widest access

@@ -321,6 +321,20 @@ class Checkpoint:
         row = math.prod(shape[1:]) * ITEMSIZE[info.dtype]
         return info, out_shape, start * row, (stop - start) * row
 
+    def locate_rows(self, name: str, start: int, stop: int) -> tuple[TensorInfo, int, int, int]:
+        """Where rows [start, stop) along axis 0 are, for a reader of its own
+        (the compiled engine reads them off the interpreter): the tensor's
+        info, their size, and their absolute offset in its file, or, for a
+        checkpoint already in memory (a pickle), -1 and their address."""
+        info, _, offset, size = self._row_range(name, start, stop)
+        if self._loaded is not None:
+            return info, size, -1, self._loaded[name].data_ptr() + offset
+        return info, size, info.start + offset, 0
+
+    def descriptor(self, file: Path) -> int:
+        """A new descriptor of one of the checkpoint's files, the caller's to close."""
+        return os.dup(self._fd(file))
+
     def read_rows(self, name: str, start: int, stop: int, buffer: Callable[[int], memoryview]) -> memoryview:
         """Copy rows [start, stop) along axis 0 into the front of `buffer(n)`,
         a writable byte buffer of at least the n bytes they take (the caller
