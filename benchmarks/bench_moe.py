@@ -6,7 +6,8 @@ layers hold E experts of MLP size F (3 E tensors per layer, plus its
 router), and a Llama whose one MLP per layer has size E x F. Both are
 grown 2x in width, natively. Each contender is a fresh process timing its
 `ws_convert.grow(...)` call; they alternate, best of --repeats. Printed:
-output bytes per second of each and the ratio moe / dense.
+output bytes per second of each, the ratio moe / dense, and the time
+each extra tensor costs (what the MoE run takes beyond the dense rate).
 
     python benchmarks/bench_moe.py [--layers 16] [--experts 420] [--width 64] [--ffn 128] [--repeats 3]
 """
@@ -88,7 +89,10 @@ def main() -> None:
                       "runs": {name: {"tensors": counts[name], "output_bytes": best[name]["bytes"],
                                       "seconds": round(best[name]["seconds"], 3), "GB_s": round(rate[name] / 1e9, 3)}
                                for name in sources},
-                      "ratio_moe_to_dense": round(rate["moe"] / rate["dense"], 3)}, indent=2))
+                      "ratio_moe_to_dense": round(rate["moe"] / rate["dense"], 3),
+                      # what the extra tensors cost, each: the time left after the dense rate paid for the bytes
+                      "us_per_extra_tensor": round((best["moe"]["seconds"] - best["moe"]["bytes"] / rate["dense"])
+                                                   / (counts["moe"] - counts["dense"]) * 1e6, 1)}, indent=2))
 
 
 if __name__ == "__main__":
