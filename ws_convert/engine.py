@@ -34,8 +34,8 @@ from .reader import (INDEX_NAME, PICKLE_SUFFIXES, SINGLE_NAME, Checkpoint, Tenso
                      tensor_bytes)
 from .safetensors_spec import ITEMSIZE
 from .szp_spec import KERNEL_DTYPES, Buffer, as_rows, kernel_args, knobs_key, tensor_id
-from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, OPTIMIZER_NAME, PROVENANCE_NAME, CheckpointWriter, OutputTensor,
-                     output_dir, parse_size)
+from .writer import (BASE_SHAPES_NAME, CONFIG_NAME, OPTIMIZER_NAME, PROVENANCE_NAME, CheckpointWriter, output_dir,
+                     parse_size)
 
 
 if TYPE_CHECKING:
@@ -402,6 +402,7 @@ class _KernelStream(_Stream):
     def __init__(self, sink: Sink, ckpt: Checkpoint, chunk_bytes: int):
         super().__init__(sink, ckpt, chunk_bytes)
         self.templates: dict[tuple, object] = {}
+        self.same_objects: dict[tuple, object] = {}
 
     def template(self, t: TensorPlan, seed: int, lands: bool):
         """The arguments of every chunk of `t` but where it lies, which rows
@@ -411,17 +412,24 @@ class _KernelStream(_Stream):
         ones. `lands`: the chunk reads source bytes (for none, the kernel
         takes no source and no maps)."""
         src_dtype = None if t.source is None else self.ckpt.info(t.source).dtype
-        key = (t.shape, t.src_shape, t.maps, t.noise_maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype,
-               src_dtype, seed, lands)
-        args = self.templates.get(key)
+        # Planning gives the tensors of one kind the same maps, init and knob objects: asked by
+        # identity first (they live as long as the stream), the cache needs no hashing of the maps.
+        same = (id(t.maps), id(t.noise_maps), id(t.init), id(t.shrink), id(t.perturb), t.shape, t.src_shape,
+                t.dtype, src_dtype, seed, lands)
+        args = self.same_objects.get(same)
         if args is None:
-            shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
-            out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
-            src = None if src_dtype is None else \
-                Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
-            args = self.templates[key] = self.prepare(
-                kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink, perturb=t.perturb,
-                            init=t.init, seed=seed, tid=0, noise_maps=t.noise_maps if t.shape else None), lands)
+            key = (t.shape, t.src_shape, t.maps, t.noise_maps, knobs_key(t.shrink, t.perturb, t.init), t.dtype,
+                   src_dtype, seed, lands)
+            args = self.templates.get(key)
+            if args is None:
+                shape, src_shape, maps = as_rows(t.shape, t.src_shape, t.maps)
+                out = Buffer(0, 0, kernel_dtype(t.dtype, f"output tensor '{t.name}'"))
+                src = None if src_dtype is None else \
+                    Buffer(0, int(lands), kernel_dtype(src_dtype, f"source tensor '{t.source}'"))
+                args = self.templates[key] = self.prepare(
+                    kernel_args(out, shape, (0, 0), src, src_shape, 0, maps, shrink=t.shrink, perturb=t.perturb,
+                                init=t.init, seed=seed, tid=0, noise_maps=t.noise_maps if t.shape else None), lands)
+            self.same_objects[same] = args
         return args
 
     def prepare(self, args: dict, lands: bool):
@@ -681,9 +689,13 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
         stream = _CpuStream(sink, ckpt, chunk_bytes, threads)
     else:
         stream = _TorchStream(sink, ckpt, chunk_bytes, threads)
+    cuts: dict[tuple, list] = {}  # tensors of one shape and row map are cut alike (the plan shares the maps)
     try:
         for i, t in enumerate(tensors):
-            for r0, r1, s0, s1 in row_chunks(t, chunk_bytes):
+            chunks = cuts.get((t.shape, id(t.maps)))
+            if chunks is None:
+                chunks = cuts[t.shape, id(t.maps)] = list(row_chunks(t, chunk_bytes))
+            for r0, r1, s0, s1 in chunks:
                 stream.submit(t, plan.options.seed, r0, r1, s0, s1)
                 if progress:
                     progress((r1 - r0) * t.row_bytes, i)
@@ -696,8 +708,7 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
 def planned_writer(out: str | Path, plan: Plan, prov: dict, **kwargs) -> CheckpointWriter:
     """The writer of grow's output, every file of which follows from the plan
     and the record (`verify` plans the same files to compare them)."""
-    planned = [OutputTensor(t.name, t.dtype, t.shape) for t in plan.tensors]
-    return CheckpointWriter(out, planned, max_shard_size=prov["max_shard_size"], provenance=without_hashes(prov),
+    return CheckpointWriter(out, plan.tensors, max_shard_size=prov["max_shard_size"], provenance=without_hashes(prov),
                             config=plan.config, base_shapes=write_base_shapes(plan.base_shapes), **kwargs)
 
 

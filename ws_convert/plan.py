@@ -149,7 +149,8 @@ class TensorPlan:
 
     def __post_init__(self) -> None:
         # output bytes per row along axis 0: a plain attribute, as the engine asks per chunk
-        self.row_bytes = self.row_numel * ITEMSIZE[self.dtype]
+        self.row_bytes = math.prod(self.shape[1:]) * ITEMSIZE[self.dtype]
+        self.nbytes = self.row_bytes * (self.shape[0] if self.shape else 1)  # as the writer lays it out
 
     @property
     def noise_std(self) -> float:
@@ -192,7 +193,7 @@ class Plan:
 
     @property
     def bytes_after(self) -> int:
-        return sum(t.numel * ITEMSIZE[t.dtype] for t in self.tensors)
+        return sum(t.nbytes for t in self.tensors)
 
     @property
     def param_ratio(self) -> float:
@@ -345,7 +346,7 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
             positive("ctx")
 
     layer_re = re.compile(re.escape(arch.layer.format(p=prefix, i="@")).replace("@", "([0-9]+)"))
-    found = {int(m.group(1)) for n in source.tensors if (m := layer_re.match(n))}
+    found = set(map(int, {m.group(1) for m in map(layer_re.match, source.tensors) if m}))
     if not found and "layers" not in value:
         raise PlanError(f"{source.path}: no layer tensors ('{arch.layer.format(p=prefix, i=0)}...')")
     derive("layers", max(found, default=-1) + 1, "the layer tensors")

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import xxhash
 
@@ -60,6 +60,16 @@ def parse_size(size: str | int) -> int:
     return value
 
 
+class PlannedTensor(Protocol):
+    """What the writer needs of a tensor to lay it out: an OutputTensor, or
+    a growth plan's TensorPlan as it is (no copy per tensor)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
 @dataclass
 class OutputTensor:
     """One tensor of the checkpoint to write: name, safetensors dtype, shape.
@@ -81,7 +91,7 @@ class Shard:
     """One planned file: its tensors, header bytes and each tensor's data offset."""
 
     file: str
-    tensors: list[OutputTensor]
+    tensors: list[PlannedTensor]
     header: bytes = b""
     offsets: dict[str, int] = field(default_factory=dict)  # absolute, in the file
 
@@ -90,7 +100,7 @@ class Shard:
         return len(self.header) + sum(t.nbytes for t in self.tensors)
 
 
-def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int | str,
+def plan_shards(tensors: Sequence[PlannedTensor], max_shard_size: int | str,
                 metadata: Mapping[str, str] | None = None) -> list[Shard]:
     """Fill shards in order up to `max_shard_size` bytes of data (a tensor
     larger than that gets a shard of its own); within a shard, larger dtypes
@@ -99,9 +109,11 @@ def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int | str,
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise OutputError("two output tensors share a name")
-    groups: list[list[OutputTensor]] = [[]]
+    groups: list[list[PlannedTensor]] = [[]]
     used = 0
     for t in tensors:
+        if t.dtype not in ITEMSIZE:
+            raise OutputError(f"tensor '{t.name}': dtype {t.dtype!r} cannot be stored in safetensors")
         if groups[-1] and used + t.nbytes > limit:
             groups.append([])
             used = 0
@@ -323,7 +335,7 @@ class CheckpointWriter:
     open at a time, whatever their number.
     """
 
-    def __init__(self, out_dir: str | Path, tensors: Sequence[OutputTensor], *,
+    def __init__(self, out_dir: str | Path, tensors: Sequence[PlannedTensor], *,
                  max_shard_size: int | str = "5GB", provenance: Mapping | None = None,
                  config: Mapping | None = None, base_shapes: str | None = None,
                  overwrite: bool = False, protect: Iterable[str | Path] = ()) -> None:
@@ -534,7 +546,7 @@ class CheckpointWriter:
         if self.tmp_dir is None:
             raise OutputError("write() outside the writer's with-block")
 
-    def _planned(self, name: str) -> tuple[Shard, OutputTensor]:
+    def _planned(self, name: str) -> tuple[Shard, PlannedTensor]:
         try:
             return self._where[name]
         except KeyError:
