@@ -669,6 +669,7 @@ def reading_order(ckpt: Checkpoint, tensors: list[TensorPlan]) -> list[TensorPla
     return sorted(tensors, key=where)
 
 
+@collection_paused()  # its loop makes only short-lived objects; collections would walk the plan's over and over
 def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", threads: int | None = None,
             chunk_bytes: int = DEFAULT_CHUNK_BYTES, tensors: list[TensorPlan] | None = None,
             progress: Callable[[int, int], None] | None = None) -> None:

@@ -1,5 +1,6 @@
-"""Set-up that builds an object per tensor, for checkpoints of tens of
-thousands of tensors, without the cyclic garbage collector retraversing them."""
+"""Set-up that builds an object per tensor, and the streaming loop that goes
+over them, for checkpoints of tens of thousands of tensors, without the
+cyclic garbage collector retraversing them."""
 
 from __future__ import annotations
 
