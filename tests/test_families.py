@@ -366,3 +366,26 @@ def test_deepseek_v3_is_refused_saying_why(tmp_path):
     from test_plan_input import refused
     path = saved(tmp_path, "llama", model_type="deepseek_v3")
     refused(["plan", path, "--to-width", TO], "multi-head latent attention", "not grown")
+
+
+@pytest.mark.parametrize("case", sorted(MIXTURES))
+def test_a_mixture_has_the_same_bytes_for_any_threads_chunks_and_shards(tmp_path, case):
+    """Thousands of expert tensors share slots, batches and reads; how they
+    are cut and spread must not change a byte."""
+    from ws_convert import grow
+
+    cls, config = family_model(case)
+    perturbed(cls(config)).save_pretrained(tmp_path / "src")
+    runs = {"default": {}, "one-thread-small-chunks-shards": dict(threads=1, chunk_bytes=512, max_shard_size="40KB"),
+            "two-threads-odd-chunks": dict(threads=2, chunk_bytes=3000)}
+    grown = {}
+    for name, kw in runs.items():
+        grow(tmp_path / "src", TO, out=tmp_path / name, **kw)
+        tensors = {}
+        for f in sorted((tmp_path / name).glob("*.safetensors")):
+            with safe_open(f, "pt") as g:
+                tensors.update({n: g.get_tensor(n).numpy().tobytes() for n in g.keys()})
+        grown[name] = tensors
+    assert len(list((tmp_path / "one-thread-small-chunks-shards").glob("*.safetensors"))) > 1
+    assert grown["default"] == grown["one-thread-small-chunks-shards"] == grown["two-threads-odd-chunks"]
+    cli("verify", tmp_path / "one-thread-small-chunks-shards")
