@@ -436,12 +436,6 @@ class _KernelStream(_Stream):
         """What `template` keeps of a keyword record: here the record itself."""
         return args
 
-    def source_nbytes(self, t: TensorPlan, s0: int, s1: int) -> int:
-        if t.source is None:
-            return 0
-        info = self.ckpt.info(t.source)
-        return (s1 - s0) * info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
-
 
 class _CpuStream(_KernelStream):
     """The compiled CPU kernel on raw buffers: no tensors, no torch. Each
@@ -554,6 +548,13 @@ class _CudaStream(_KernelStream):
 
     def slot_bytes(self, k: int) -> memoryview:
         return tensor_bytes(self.host[k])
+
+    def source_nbytes(self, t: TensorPlan, s0: int, s1: int) -> int:
+        """The bytes of source rows [s0, s1) of `t`, staged in the slot's arena."""
+        if t.source is None:
+            return 0
+        info = self.ckpt.info(t.source)
+        return (s1 - s0) * info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
 
     def fits(self, t, n, s0, s1):
         return (super().fits(t, n, s0, s1) and self.dev_used + n <= self.dev_out[self.slot].numel()
