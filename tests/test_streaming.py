@@ -167,3 +167,35 @@ def test_a_source_cut_short_before_its_batch_reads_it_is_named(tmp_path):
         with pytest.raises(CheckpointError, match="truncated while it was read") as err:
             execute(plan, ckpt, lambda data, chunks: None)
     assert err.value.tensor == last.name and err.value.file == str(last.file)
+
+
+def test_tensors_sharing_maps_but_not_dtypes_are_cut_by_their_own_rows(tmp_path):
+    """The plan gives tensors of one shape the same maps whatever their dtype;
+    a bfloat16 tensor's rows are half a float32 one's, so the chunks cut for
+    one must not be reused for the other (a slot would overflow)."""
+    import json
+
+    from ws_convert.engine import execute, grow
+    from ws_convert.plan import GrowthOptions, Source, make_plan
+
+    g = torch.Generator().manual_seed(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"layers.0.weight": torch.randn(64, 512, generator=g).to(torch.bfloat16)}, src / "a.safetensors")
+    save_file({"layers.1.weight": torch.randn(64, 512, generator=g)}, src / "b.safetensors")
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"layers.0.weight": "a.safetensors", "layers.1.weight": "b.safetensors"}}))
+    (src / "config.json").write_text(json.dumps({"hidden_size": 512, "num_attention_heads": 1}))
+    chunk = 4096  # one float32 output row, two bfloat16 ones
+    with open_checkpoint(src) as ckpt:
+        plan = make_plan(Source.of(ckpt), GrowthOptions(to_width=1024, arch="generic"))
+        first, second = sorted(plan.tensors, key=lambda t: t.name)
+        assert first.maps is second.maps and first.row_bytes * 2 == second.row_bytes == chunk
+        handed = []
+        execute(plan, ckpt, lambda data, chunks: handed.append((data.nbytes, chunks)), chunk_bytes=chunk)
+    assert handed and all(n <= chunk for n, _ in handed)
+    assert sum(n for n, _ in handed) == sum(t.nbytes for t in plan.tensors)
+    grow(src, 1024, out=tmp_path / "small", arch="generic", chunk_bytes=chunk)
+    grow(src, 1024, out=tmp_path / "whole", arch="generic")
+    small, whole = load_file(tmp_path / "small" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert small.keys() == whole.keys() and all(torch.equal(small[n], whole[n]) for n in small)

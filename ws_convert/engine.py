@@ -691,12 +691,13 @@ def execute(plan: Plan, ckpt: Checkpoint, sink: Sink, *, device: str = "cpu", th
         stream = _CpuStream(sink, ckpt, chunk_bytes, threads)
     else:
         stream = _TorchStream(sink, ckpt, chunk_bytes, threads)
-    cuts: dict[tuple, list] = {}  # tensors of one shape and row map are cut alike (the plan shares the maps)
+    cuts: dict[tuple, list] = {}  # tensors of one shape, row size and row map are cut alike (the plan shares maps)
     try:
         for i, t in enumerate(tensors):
-            chunks = cuts.get((t.shape, id(t.maps)))
+            cut = (t.shape, t.row_bytes, id(t.maps))
+            chunks = cuts.get(cut)
             if chunks is None:
-                chunks = cuts[t.shape, id(t.maps)] = list(row_chunks(t, chunk_bytes))
+                chunks = cuts[cut] = list(row_chunks(t, chunk_bytes))
             for r0, r1, s0, s1 in chunks:
                 stream.submit(t, plan.options.seed, r0, r1, s0, s1)
                 if progress:
