@@ -63,9 +63,7 @@ PYBIND11_MODULE(_C, m) {
           "One chunk's call, checked as `szp` checks the template's args with these fields. With `fd` (an open "
           "file), `run` first reads its `src_nbytes` source bytes at file offset `pos` into `src_ptr`; without, "
           "they must be there already.")
-      .def("__len__", [](const CallBatch& b) { return b.calls.size(); })
-      .def_property_readonly("reads", [](const CallBatch& b) { return b.reads.size(); },
-                             "How many of the calls read their source from a file.");
+      .def("__len__", [](const CallBatch& b) { return b.calls.size(); });
   m.def(
       "run",
       [](const CallBatch& b, int threads) -> py::object {

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ws_convert import grow
 from ws_convert.demo import BASE
-from ws_convert.model import GPT, GPTConfig, flops_per_token, read_config
+from ws_convert.model import GPTConfig, flops_per_token, param_count, read_config
 from ws_convert.train import TrainConfig, plot, train
 
 TOKENS_PER_STEP = 16 * 128  # batch 16, context 128: every run here
@@ -85,8 +85,7 @@ def steps_run(base: Path) -> int:
 
 def small_base(a, tpp: int) -> tuple[Path, int]:
     """The budget study's base trained to `tpp` tokens per parameter (seed 0), and its steps."""
-    params = sum(p.numel() for p in GPT(SMALL).parameters())
-    steps = round(tpp * params / TOKENS_PER_STEP)
+    steps = round(tpp * param_count(SMALL) / TOKENS_PER_STEP)
     name = f"{a.tag}-base-{tpp}tpp"
     scratch(a.work, name, SMALL, steps, 0, a.lr, a.data)
     return a.work / name, steps
@@ -110,8 +109,7 @@ def budget(a) -> str:
             big = wider(SMALL, factor)
             n_warm = steps_for(extra, big)
             n_scratch = steps_for(extra + base_steps * TOKENS_PER_STEP * flops_per_token(SMALL), big)
-            method = "" if a.method == "szp" else f"-{a.method}"
-            grown = [warm(a.work, f"{a.tag}-{tpp}tpp-warm{factor}x{method}-{n_warm}steps-s{s}", base, big.width,
+            grown = [warm(a.work, f"{a.tag}-{tpp}tpp-warm{factor}x{a.method_tag}-{n_warm}steps-s{s}", base, big.width,
                           n_warm, s, a.lr, a.data, method=a.method) for s in a.seeds]
             start = [r["log"][0]["eval_loss_start"] for r in grown]
             wide = finals([scratch(a.work, f"{a.tag}-{tpp}tpp-scratch{factor}x-{n_scratch}steps-s{s}", big,
@@ -308,8 +306,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("experiments-work"))
     a = ap.parse_args()
     a.tag = Path(a.data).name if a.data else "stdlib"
-    method = "" if a.method == "szp" else f"-{a.method}"
-    a.name = {"budget": f"budget-{a.tag}-{a.steps}steps{method}", "lr-sweep": f"lr-sweep-{a.tag}"}.get(a.experiment,
+    a.method_tag = "" if a.method == "szp" else f"-{a.method}"  # in the names of its runs and results
+    a.name = {"budget": f"budget-{a.tag}-{a.steps}steps{a.method_tag}", "lr-sweep": f"lr-sweep-{a.tag}"}.get(a.experiment,
                                                                                                 a.experiment)
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)

@@ -125,13 +125,17 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+def param_count(c: GPTConfig) -> int:
+    """The model's parameters, counted without allocating them."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(c).parameters())
+
+
 def flops_per_token(c: GPTConfig) -> float:
     """Training FLOPs per token: 6 x parameters (forward and backward of
     every weight) plus the attention scores, 12 x depth x width x context.
     What "equal compute" means wherever runs of different widths are compared."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in GPT(c).parameters())
-    return 6 * params + 12 * c.depth * c.width * c.context
+    return 6 * param_count(c) + 12 * c.depth * c.width * c.context
 
 
 def base_shapes(c: GPTConfig) -> dict[str, list[int | None]]:

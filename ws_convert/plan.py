@@ -387,7 +387,7 @@ def _read_sizes(arch: Architecture, prefix: str, source: Source,
     if arch.ffn_default:
         derive("ffn", arch.ffn_default * width, f"{origin['width']} (ffn {arch.ffn_default} x width)")
     elif "ffn" not in value:
-        up = next(name for p, name in layer_params(arch, 1) if p.axes and p.axes[0] == Kind.FFN)
+        up = next(name for p, name in layer_params(arch, prefix, 1) if p.axes and p.axes[0] == Kind.FFN)
         name = arch.layer.format(p=prefix, i=0) + up
         if name not in source.tensors:
             raise PlanError(f"{source.path}: missing tensor '{name}'")
@@ -435,16 +435,16 @@ def _rotary_dim(arch: Architecture, source: Source, head_dim: int, origin: str) 
     return dims
 
 
-def layer_params(arch: Architecture, experts: int) -> list[tuple[Param, str]]:
+def layer_params(arch: Architecture, prefix: str, experts: int) -> list[tuple[Param, str]]:
     """A layer's rows and their names relative to the layer, each per-expert
     row ('{e}') once for every expert (all sharing the row's Param)."""
-    return [(p, p.name.replace("{e}", str(e)) if "{e}" in p.name else p.name)
+    return [(p, (p.name.replace("{e}", str(e)) if "{e}" in p.name else p.name).format(p=prefix))
             for p in arch.blocks for e in (range(experts) if "{e}" in p.name else (0,))]
 
 
 def _arch_params(arch: Architecture, prefix: str, layers: int, experts: int) -> list[tuple[Param, str]]:
     """Every tensor of the architecture with its full name (globals, then layer by layer)."""
-    blocks = [(p, name.format(p=prefix)) for p, name in layer_params(arch, experts)]
+    blocks = layer_params(arch, prefix, experts)
     return [(p, p.name.format(p=prefix)) for p in arch.globals] + [
         (p, start + name) for start in layer_starts(arch, prefix, layers) for p, name in blocks]
 
@@ -884,7 +884,7 @@ def _plan_arch(arch: Architecture, prefix: str, source: Source, options: GrowthO
     base_width = config_sizes(arch.keys, source, arch.nullable).get("base_width", (src.width,))[0]
 
     starts = layer_starts(arch, prefix, max(src.layers, len(sources)))
-    blocks = [(p, name.format(p=prefix)) for p, name in layer_params(arch, src.experts)]
+    blocks = layer_params(arch, prefix, src.experts)
     wanted: list[tuple[Param, str, str | None, str]] = []  # (spec, output name, source name, layer 0's name)
     zeroed: set[str] = set()  # the residual writers of copied blocks (--depth-policy identity)
     for p in arch.globals:

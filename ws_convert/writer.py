@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -70,20 +71,17 @@ class PlannedTensor(Protocol):
     nbytes: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputTensor:
-    """One tensor of the checkpoint to write: name, safetensors dtype, shape.
-    Not frozen: a checkpoint of tens of thousands of tensors makes one each,
-    and a frozen dataclass sets every field the slow way."""
+    """One tensor of the checkpoint to write: name, safetensors dtype, shape."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        if self.dtype not in ITEMSIZE:
-            raise OutputError(f"tensor '{self.name}': dtype {self.dtype!r} cannot be stored in safetensors")
-        self.nbytes = nbytes(self.dtype, self.shape)
+    @cached_property
+    def nbytes(self) -> int:
+        return nbytes(self.dtype, self.shape)
 
 
 @dataclass
